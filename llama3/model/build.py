@@ -1,0 +1,77 @@
+"""Build a `Transformer` from a `LoadedCheckpoint` without a second copy of the weights.
+
+The module is created on the meta device (no memory), every checkpoint tensor's shape is checked
+against it before anything is read, then tensors are materialised one at a time in the target
+dtype and assigned. A failure raises before the model exists, so nothing is left half-loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checkpoint.loaded import LoadedCheckpoint
+from ..errors import CheckpointError
+from .transformer import Transformer
+
+
+def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_tensors(ckpt: LoadedCheckpoint, expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise a CheckpointError naming the first missing, unexpected or misshapen tensor."""
+    where = ckpt.path
+    missing = [n for n in expected if n not in ckpt.tensors]
+    if missing:
+        raise CheckpointError(
+            f"{where}: {len(missing)} tensor(s) missing, e.g. '{missing[0]}'",
+            "the checkpoint is incomplete or has a different layer count than its config; "
+            "download it again",
+        )
+    unexpected = [n for n in ckpt.tensors if n not in expected]
+    if unexpected:
+        raise CheckpointError(
+            f"{where}: unexpected tensor '{unexpected[0]}' (config says {ckpt.args.n_layers} layers)",
+            "the config file does not match the weights; use the config shipped with them",
+        )
+    for name, shape in expected.items():
+        got = ckpt.tensors[name].shape
+        if tuple(got) != shape:
+            raise CheckpointError(
+                f"{ckpt.tensors[name].origin} has shape {tuple(got)} but the config expects {shape}",
+                "the config file does not match the weights; use the config shipped with them",
+            )
+
+
+def build_model(
+    ckpt: LoadedCheckpoint, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Transformer:
+    args = ckpt.args
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = expected_shapes(model)
+    if args.tie_word_embeddings:
+        expected.pop("output.weight")
+    check_tensors(ckpt, expected)
+
+    state: dict[str, torch.Tensor] = {}
+    for name in expected:
+        src = ckpt.tensors[name]
+        try:
+            state[name] = src.load(dtype).to(device)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a short read inside a mapped file surfaces here
+            raise CheckpointError(
+                f"cannot read tensor {src.origin}: {type(e).__name__}: {e}",
+                "the file is truncated or corrupt; download it again",
+            ) from None
+    if args.tie_word_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if args.tie_word_embeddings:
+        model.tie_weights()
+    if ckpt.rope_freq_factors is not None:
+        model.rope_freq_factors = ckpt.rope_freq_factors.to(device)
+    model.requires_grad_(False)
+    return model.eval()

@@ -1,0 +1,148 @@
+"""The Llama 3 architecture with Meta's parameter names: pure architecture, no cache ownership.
+
+`Transformer.forward(tokens, start_pos, cache)` mirrors Meta's signature; the key/value cache is passed
+in by the caller, so the model can be built on the meta device and its weights assigned from a
+memory-mapped checkpoint without a second copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelArgs
+from .kv_cache import KVCache
+from .rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (half-precision sums of squares lose too much), as Meta does.
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.kv_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # (bsz, heads, seqlen, head_dim) for SDPA
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_id, start_pos, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        mask, causal = None, False
+        if seqlen > 1:
+            if start_pos == 0:
+                causal = True
+            else:
+                # Query i (absolute position start_pos + i) sees keys 0 .. start_pos + i.
+                kpos = torch.arange(start_pos + seqlen, device=x.device)
+                qpos = torch.arange(start_pos, start_pos + seqlen, device=x.device)
+                mask = kpos[None, :] <= qpos[:, None]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, layer_id: int, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args, layer_id)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, params: ModelArgs) -> None:
+        super().__init__()
+        self.params = params
+        self.vocab_size = params.vocab_size
+        self.n_layers = params.n_layers
+        self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
+        self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
+        self.norm = RMSNorm(params.dim, eps=params.norm_eps)
+        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+        # Per-frequency divisors from GGUF `rope_freqs.weight` (Llama 3.1 GGUFs), if any.
+        self.rope_freq_factors: torch.Tensor | None = None
+        self._inv_freq: torch.Tensor | None = None
+
+    def tie_weights(self) -> None:
+        """Share the output projection with the embedding (Llama 3.2 1B/3B, SmolLM2)."""
+        self.output.weight = self.tok_embeddings.weight
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if self._inv_freq is None or self._inv_freq.device != device:
+            p = self.params
+            self._inv_freq = inverse_frequencies(
+                p.head_dim, p.rope_theta, p.rope_scaling, self.rope_freq_factors
+            ).to(device)
+        return self._inv_freq
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        *,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (float32) for `tokens` (bsz, seqlen) placed at positions start_pos.. .
+
+        With `last_only`, only the last position's logits are computed: shape (bsz, 1, vocab).
+        """
+        seqlen = tokens.shape[1]
+        h = self.tok_embeddings(tokens)
+        positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
+        cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
+        for layer in self.layers:
+            h = layer(h, cos, sin, start_pos, cache)
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()
