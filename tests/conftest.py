@@ -39,3 +39,45 @@ def shared_llama3() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     return smollm2_gguf()
+
+
+class TinyModels:
+    """One random-weight Llama 3 model per variant, written lazily in every format (session-wide)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def hf_model(self, variant: str):
+        key = (variant, "hf_model")
+        if key not in self._cache:
+            import factory
+
+            self._cache[key] = factory.hf_model(variant)
+        return self._cache[key]
+
+    def path(self, variant: str, fmt: str) -> Path:
+        """fmt: 'hf', 'meta' (1 shard), 'meta2' (2 shards), 'gguf' (F32), 'gguf-q8' (Q8_0)."""
+        key = (variant, fmt)
+        if key not in self._cache:
+            import factory
+
+            m = self.hf_model(variant)
+            out = self.root / f"{variant}-{fmt}"
+            if fmt == "hf":
+                p = factory.write_hf(m, out, variant)
+            elif fmt.startswith("meta"):
+                p = factory.write_meta(m, out, variant, n_shards=2 if fmt == "meta2" else 1)
+            elif fmt == "gguf":
+                p = factory.write_gguf(m, out.with_suffix(".gguf"), variant)
+            elif fmt == "gguf-q8":
+                p = factory.write_gguf(m, out.with_suffix(".gguf"), variant, qtype="Q8_0")
+            else:
+                raise ValueError(fmt)
+            self._cache[key] = p
+        return self._cache[key]  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory, shared_llama3) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny"))

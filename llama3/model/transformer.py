@@ -60,13 +60,14 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_id, start_pos, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
         mask, causal = None, False
+        kv_len = k.shape[2]
         if seqlen > 1:
-            if start_pos == 0:
+            if kv_len == seqlen:
                 causal = True
             else:
-                # Query i (absolute position start_pos + i) sees keys 0 .. start_pos + i.
-                kpos = torch.arange(start_pos + seqlen, device=x.device)
-                qpos = torch.arange(start_pos, start_pos + seqlen, device=x.device)
+                # Query i sees every cached key plus the new keys up to itself.
+                kpos = torch.arange(kv_len, device=x.device)
+                qpos = torch.arange(kv_len - seqlen, kv_len, device=x.device)
                 mask = kpos[None, :] <= qpos[:, None]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads

@@ -1,0 +1,263 @@
+"""Meta-compatible facade: `Llama.build`, `generate`, `text_completion`, `chat_completion`.
+
+Code written for Meta's reference package runs after `from llama import Llama` becomes
+`from llama3 import Llama`, on CPU too and without torchrun. `Llama.load` reads any format.
+All methods are thin consumers of `BatchGeneration`'s token events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, TypedDict
+
+import torch
+
+from ..errors import InvalidRequestError, UnsupportedFormatError
+from ..loader import LoadedModel, default_max_seq_len, load
+from ..model.transformer import Transformer
+from ..tokenizer.base import BaseTokenizer
+from ..tokenizer.chat_format import Dialog, Message
+from .generate import BatchGeneration, generate
+from .params import GenerationResult, SamplingParams, TokenEvent
+
+if TYPE_CHECKING:
+    from ..tokenizer.chat_format import ChatFormatter
+
+log = logging.getLogger(__name__)
+
+
+class CompletionPrediction(TypedDict, total=False):
+    generation: str
+    tokens: list[str]
+    logprobs: list[float]
+
+
+class ChatPrediction(TypedDict, total=False):
+    generation: Message
+    tokens: list[str]
+    logprobs: list[float]
+
+
+class Llama:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: BaseTokenizer,
+        *,
+        max_seq_len: int,
+        max_batch_size: int,
+        formatter: ChatFormatter | None = None,
+        seed: int = 1,
+        loaded: LoadedModel | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self._formatter = formatter
+        self.loaded = loaded
+        # Meta seeds the global RNG once in build(); we keep a private stream instead, so runs are
+        # reproducible without touching torch's global generator.
+        self._rng = random.Random(seed)
+
+    # ---- construction ----------------------------------------------------------------------------
+    @staticmethod
+    def build(
+        ckpt_dir: str,
+        tokenizer_path: str | None,
+        max_seq_len: int,
+        max_batch_size: int,
+        model_parallel_size: int | None = None,
+        seed: int = 1,
+    ) -> Llama:
+        """Meta's signature. Works on CPU without torchrun; shards are merged for one process.
+
+        Args:
+            ckpt_dir: a Meta checkpoint directory (or any format `Llama.load` reads).
+            tokenizer_path: Meta's tokenizer.model; None uses the checkpoint's own tokenizer.
+            max_seq_len: the longest prompt + generation to allow.
+            max_batch_size: the most prompts per call.
+            model_parallel_size: must be None or 1 here (tensor parallelism runs under torchrun).
+            seed: seeds this object's private sampling stream.
+        """
+        if model_parallel_size not in (None, 1):
+            raise UnsupportedFormatError(
+                f"model_parallel_size={model_parallel_size} needs tensor-parallel workers",
+                "leave it unset: the shards are merged and the model runs in this process",
+            )
+        return Llama.load(
+            ckpt_dir,
+            tokenizer_path=tokenizer_path,
+            max_seq_len=max_seq_len,
+            max_batch_size=max_batch_size,
+            seed=seed,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_seq_len: int | None = None,
+        max_batch_size: int = 4,
+        tokenizer_path: str | os.PathLike | None = None,
+        seed: int = 1,
+    ) -> Llama:
+        """Load a Meta directory, a Hugging Face directory or a GGUF file.
+
+        Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
+        bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,
+        capped to what the KV cache for `max_batch_size` sequences fits in free memory.
+        """
+        if max_batch_size < 1:
+            raise InvalidRequestError(f"max_batch_size must be at least 1, got {max_batch_size}", "use 1 or more")
+        if max_seq_len is not None and max_seq_len < 2:
+            raise InvalidRequestError(f"max_seq_len must be at least 2, got {max_seq_len}", "use 2 or more")
+        lm = load(path, device=device, dtype=dtype, tokenizer_path=tokenizer_path)
+        if max_seq_len is None:
+            max_seq_len = default_max_seq_len(lm.checkpoint.args, max_batch_size, lm.dtype, lm.device)
+        log.info("loaded %s (%s) in %.2f s", lm.checkpoint.path, lm.checkpoint.format, lm.load_seconds)
+        return cls(lm.model, lm.tokenizer, max_seq_len=max_seq_len, max_batch_size=max_batch_size, seed=seed, loaded=lm)
+
+    @property
+    def formatter(self) -> ChatFormatter:
+        """The model's chat format: Meta's for a Llama 3 tokenizer, else the shipped Jinja template."""
+        if self._formatter is None:
+            from ..tokenizer import chat_formatter
+
+            self._formatter = chat_formatter(self.tokenizer)
+        return self._formatter
+
+    # ---- beyond Meta -----------------------------------------------------------------------------
+    def _params(self, params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+        ps = [params] * n if isinstance(params, SamplingParams) else list(params)
+        # Requests without a seed draw one from this object's stream, so a build(seed=...) run is
+        # reproducible end to end.
+        return [p if p.seed is not None else _with_seed(p, self._rng.getrandbits(63)) for p in ps]
+
+    def _check_batch(self, n: int) -> None:
+        if n > self.max_batch_size:
+            raise InvalidRequestError(
+                f"{n} prompts exceed max_batch_size={self.max_batch_size}",
+                "pass fewer prompts per call or load with a larger max_batch_size",
+            )
+
+    def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+        return [self.tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
+
+    def stream(
+        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+    ) -> Iterator[TokenEvent]:
+        """Token events for a batch of text prompts or token-id prompts, as they are generated."""
+        self._check_batch(len(prompts))
+        toks = self.encode_prompts(prompts)
+        return iter(BatchGeneration(self.model, self.tokenizer, toks, self._params(params, len(toks)), max_seq_len=self.max_seq_len))
+
+    def complete(
+        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+    ) -> list[GenerationResult]:
+        self._check_batch(len(prompts))
+        toks = self.encode_prompts(prompts)
+        return generate(self.model, self.tokenizer, toks, self._params(params, len(toks)), max_seq_len=self.max_seq_len)
+
+    def chat(
+        self, dialogs: Sequence[Dialog], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+    ) -> list[GenerationResult]:
+        return self.complete([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
+
+    def stream_chat(
+        self, dialogs: Sequence[Dialog], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+    ) -> Iterator[TokenEvent]:
+        return self.stream([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
+
+    # ---- Meta's API ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_tokens: list[list[int]],
+        max_gen_len: int,
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        logprobs: bool = False,
+        echo: bool = False,
+    ) -> tuple[list[list[int]], list[list[float]] | None]:
+        """Meta's `generate`: tokens cut before the first stop token; with `echo`, prompt included.
+
+        Returns (tokens per prompt, logprobs per prompt or None). Logprobs are of the raw model
+        distribution; with `echo` the first prompt token's entry is 0.0, as in Meta's code.
+        """
+        self._check_batch(len(prompt_tokens))
+        params = SamplingParams(
+            max_tokens=max(1, max_gen_len),
+            temperature=temperature,
+            top_p=top_p,
+            logprobs=0 if logprobs else None,
+            echo=echo and logprobs,
+        )
+        results = generate(
+            self.model, self.tokenizer, prompt_tokens, self._params(params, len(prompt_tokens)), max_seq_len=self.max_seq_len
+        )
+        stops = set(self.tokenizer.stop_tokens)
+        out_tokens, out_logprobs = [], []
+        for r in results:
+            toks, lps = list(r.tokens), list(r.logprobs or [])
+            if r.finish_reason == "stop" and toks and toks[-1] in stops:
+                toks, lps = toks[:-1], lps[: len(toks) - 1]
+            if echo:
+                toks = r.prompt_tokens + toks
+                lps = (r.prompt_logprobs or []) + lps
+            out_tokens.append(toks)
+            out_logprobs.append(lps)
+        return out_tokens, (out_logprobs if logprobs else None)
+
+    def text_completion(
+        self,
+        prompts: list[str],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: int | None = None,
+        logprobs: bool = False,
+        echo: bool = False,
+    ) -> list[CompletionPrediction]:
+        if max_gen_len is None:
+            max_gen_len = self.max_seq_len - 1
+        prompt_tokens = [self.tokenizer.encode(x, bos=self.tokenizer.add_bos, eos=False) for x in prompts]
+        toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
+        if logprobs:
+            return [
+                {"generation": self.tokenizer.decode(t), "tokens": [self.tokenizer.decode([x]) for x in t], "logprobs": lp}
+                for t, lp in zip(toks, lps or [])
+            ]
+        return [{"generation": self.tokenizer.decode(t)} for t in toks]
+
+    def chat_completion(
+        self,
+        dialogs: list[Dialog],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: int | None = None,
+        logprobs: bool = False,
+    ) -> list[ChatPrediction]:
+        if max_gen_len is None:
+            max_gen_len = self.max_seq_len - 1
+        prompt_tokens = [self.formatter.encode_dialog_prompt(d) for d in dialogs]
+        toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+        out: list[ChatPrediction] = []
+        for i, t in enumerate(toks):
+            pred: ChatPrediction = {"generation": {"role": "assistant", "content": self.tokenizer.decode(t)}}
+            if logprobs:
+                pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
+                pred["logprobs"] = (lps or [])[i]
+            out.append(pred)
+        return out
+
+
+def _with_seed(p: SamplingParams, seed: int) -> SamplingParams:
+    return dataclasses.replace(p, seed=seed)
+
