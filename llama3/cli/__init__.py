@@ -1,0 +1,51 @@
+"""The `llama3` command: verb dispatch and one error boundary.
+
+Each verb module exposes `add_arguments(parser)` and `run(args) -> int`. A `Llama3Error` becomes one
+line `error: … (hint: …)` with exit code 2 for usage errors and 1 for runtime failures; a traceback
+is printed only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from ..errors import Llama3Error
+
+VERBS = {
+    "chat": "interactive console chat that streams tokens (pipe mode when stdin is not a terminal)",
+    "generate": "text completion of prompts given on the command line",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import chat, generate
+
+    parser = argparse.ArgumentParser(prog="llama3", description="Run Meta Llama 3-family models.")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, mod in (("chat", chat), ("generate", generate)):
+        p = sub.add_parser(name, help=VERBS[name], description=VERBS[name])
+        mod.add_arguments(p)
+        p.set_defaults(run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except Llama3Error as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e.message}" + (f" (hint: {e.hint})" if e.hint else ""), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,42 @@
+"""Argument groups shared by the verbs, turned into library objects at the edge."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..generation.llama import Llama
+from ..generation.params import SamplingParams
+from ..registry import default_model_path
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", help="Meta checkpoint dir, Hugging Face dir or .gguf file (default: SmolLM2-135M-Instruct)")
+    g.add_argument("--max-seq-len", type=int, help="context length (default: what fits in memory)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
+    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--max-tokens", type=int, help="new tokens at most (default: up to the context)")
+    g.add_argument("--seed", type=int, help="sampling seed for reproducible output")
+
+
+def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
+    path = args.model or default_model_path()
+    return Llama.load(path, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch_size=max_batch_size)
+
+
+def sampling_params(args: argparse.Namespace, **extra) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        **extra,
+    )
