@@ -1,0 +1,1 @@
+"""Quantized weight formats: decoding llama.cpp GGUF blocks (`gguf_blocks`) into PyTorch tensors."""
