@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_LLAMA3 = (REPO.parent / "shared" / "llama3").resolve()
@@ -81,3 +82,21 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, shared_llama3) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """The real SmolLM2-135M-Instruct GGUF loaded once per session (float32, CPU)."""
+    from llama3 import Llama
+
+    return Llama.load(smollm2_path, device="cpu", dtype="float32", max_seq_len=2048, max_batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_path):
+    """transformers loading the same GGUF file (its own dequantization and conversion)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32
+    ).eval()
