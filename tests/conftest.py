@@ -64,7 +64,7 @@ class TinyModels:
             import factory
 
             m = self.hf_model(variant)
-            out = self.root / f"{variant}-{fmt}"
+            out = self.root / f"llama{variant.replace('.', '')}-{fmt}"  # no dot: with_suffix below
             if fmt == "hf":
                 p = factory.write_hf(m, out, variant)
             elif fmt.startswith("meta"):
