@@ -8,9 +8,11 @@ q/k in Meta's interleaved RoPE layout, so no permutation is needed here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..config import ModelArgs
@@ -32,7 +34,8 @@ def open_gguf(path: Path) -> Any:
     import gguf
 
     try:
-        return gguf.GGUFReader(str(path), "r")
+        # Copy-on-write mapping: same-dtype tensors become zero-copy writable torch views.
+        return gguf.GGUFReader(str(path), "c")
     except Exception as e:  # the reader raises ValueError/struct errors/IndexError on bad files
         raise CheckpointError(
             f"cannot read GGUF file {path}: {type(e).__name__}: {e}",
@@ -79,7 +82,7 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
             )
         tensors[name] = TensorSource(
             shape,
-            _loader(t.data, qtype, shape),
+            _loader(path, t, qtype, shape),
             f"{path.name}:{t.name}",
             ggml_type=qtype,
             raw=t.data,
@@ -98,10 +101,22 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
     )
 
 
-def _loader(raw: Any, qtype: int, shape: tuple[int, ...]):
+_NATIVE = {0: torch.float32, 1: torch.float16}  # ggml F32 / F16 as numpy gives them
+
+
+def _loader(path: Path, t: Any, qtype: int, shape: tuple[int, ...]):
     from ..quant.gguf_blocks import dequantize
 
     def load(dtype: torch.dtype) -> torch.Tensor:
-        return dequantize(raw, qtype, shape, dtype=dtype)
+        if _NATIVE.get(qtype) == dtype:
+            return torch.from_numpy(t.data).view(shape)  # a view of the mapped file, no copy
+        # A conversion reads the bytes with pread, so the source pages never stay mapped (and
+        # resident) beside the converted tensor.
+        buf = bytearray(int(t.n_bytes))
+        with open(path, "rb") as f:
+            got = os.preadv(f.fileno(), [buf], int(t.data_offset))
+        if got != len(buf):
+            raise CheckpointError(f"{path.name}: tensor {t.name} ends early", "the file is truncated; download it again")
+        return dequantize(np.frombuffer(buf, dtype=np.uint8), qtype, shape, dtype=dtype)
 
     return load

@@ -8,6 +8,8 @@ safetensors maps the files; tensors are materialised one at a time by the model 
 from __future__ import annotations
 
 import json
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from .loaded import LoadedCheckpoint, TensorSource
 from .names import IGNORED_SUFFIXES, hf_to_meta, unpermute_hf_qk
 
 INDEX = "model.safetensors.index.json"
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -70,6 +73,7 @@ def read_hf_checkpoint(path: Path) -> LoadedCheckpoint:
         try:
             handle = safe_open(str(f), framework="pt")
             keys = list(handle.keys())
+            header = _read_header(f)
         except Exception as e:  # safetensors raises SafetensorError on bad headers / short files
             raise CheckpointError(
                 f"cannot read {f}: {e}",
@@ -84,7 +88,7 @@ def read_hf_checkpoint(path: Path) -> LoadedCheckpoint:
                     f"{f.name} holds an unexpected tensor '{key}'",
                     "this is not a plain LlamaForCausalLM checkpoint (adapters must be merged first)",
                 )
-            tensors[name] = _source(handle, f, key, name, args)
+            tensors[name] = _source(handle, header[key], f, key, name, args)
     if "output.weight" not in tensors and not args.tie_word_embeddings:
         # Llama 3.2 1B/3B configs say tie_word_embeddings; accept a missing lm_head either way.
         args = args.replace(tie_word_embeddings=True)
@@ -106,13 +110,40 @@ def read_hf_checkpoint(path: Path) -> LoadedCheckpoint:
     )
 
 
-def _source(handle: Any, f: Path, key: str, name: str, args: ModelArgs) -> TensorSource:
-    shape = tuple(handle.get_slice(key).get_shape())
+def _read_header(f: Path) -> dict[str, Any]:
+    """The safetensors JSON header: name -> {dtype, shape, data_offsets} (offsets after the header)."""
+    with open(f, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    for info in header.values():
+        if isinstance(info, dict) and "data_offsets" in info:
+            info["data_offsets"] = [o + 8 + n for o in info["data_offsets"]]
+    return header
+
+
+def _pread(f: Path, info: dict[str, Any]) -> torch.Tensor:
+    start, end = info["data_offsets"]
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        buf = bytearray(end - start)
+        got = os.preadv(fd, [buf], start)
+    finally:
+        os.close(fd)
+    if got != len(buf):
+        raise CheckpointError(f"{f} ends early", "the file is truncated; download it again")
+    return torch.frombuffer(buf, dtype=_ST_DTYPES[info["dtype"]]).view(info["shape"])
+
+
+def _source(handle: Any, info: dict[str, Any], f: Path, key: str, name: str, args: ModelArgs) -> TensorSource:
+    shape = tuple(info["shape"])
+    stored = _ST_DTYPES.get(info["dtype"])
     heads = args.n_heads if name.endswith("attention.wq.weight") else args.kv_heads
     permuted = name.endswith(("attention.wq.weight", "attention.wk.weight"))
 
     def load(dtype: torch.dtype) -> torch.Tensor:
-        t = handle.get_tensor(key)
+        # Same dtype: a zero-copy view of the memory-mapped file. A conversion reads the bytes with
+        # pread instead, so the source pages never stay mapped beside the converted copy.
+        t = handle.get_tensor(key) if stored in (dtype, None) else _pread(f, info)
         if permuted:
             t = unpermute_hf_qk(t, heads)
         return t.to(dtype)

@@ -7,11 +7,28 @@ dtype and assigned. A failure raises before the model exists, so nothing is left
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import torch
 
 from ..checkpoint.loaded import LoadedCheckpoint
 from ..errors import CheckpointError
 from .transformer import Transformer
+
+
+def _malloc_trim() -> None:
+    """Give freed conversion buffers back to the OS (glibc keeps them), so peak RSS while loading
+    stays near the weights' size instead of growing with every converted tensor."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        _libc = ctypes.CDLL(name) if name else False
+    if _libc and hasattr(_libc, "malloc_trim"):
+        _libc.malloc_trim(0)
+
+
+_libc: ctypes.CDLL | bool | None = None
 
 
 def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
@@ -66,6 +83,8 @@ def build_model(
                 f"cannot read tensor {src.origin}: {type(e).__name__}: {e}",
                 "the file is truncated or corrupt; download it again",
             ) from None
+        if device.type == "cpu" if isinstance(device, torch.device) else str(device) == "cpu":
+            _malloc_trim()
     if args.tie_word_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(state, strict=True, assign=True)
