@@ -13,7 +13,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_LLAMA3 = (REPO.parent / "shared" / "llama3").resolve()
+SHARED_LLAMA3 = Path(os.environ.get("LLAMA3_SHARED", REPO.parent / "shared" / "llama3")).resolve()
 TOKENIZER_MODEL = SHARED_LLAMA3 / "tokenizer.model"
 HF_TOKENIZER_JSON = SHARED_LLAMA3 / "hf-llama3-tokenizer.json"
 HF_TOKENIZER_CONFIG_30 = SHARED_LLAMA3 / "hf-llama3-tokenizer_config.json"
