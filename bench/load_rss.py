@@ -41,9 +41,16 @@ def write_models(root: Path, dim: int, layers: int, vocab: int) -> dict[str, Pat
     import factory  # the test suite's independent Meta / GGUF writers
 
     hidden = (int(2 * 4 * dim / 3) + 31) // 32 * 32  # Meta's rule with multiple_of 32
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=hidden,
-                      num_hidden_layers=layers, num_attention_heads=dim // 64, num_key_value_heads=max(1, dim // 256),
-                      rope_theta=500000.0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=dim,
+        intermediate_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=dim // 64,
+        num_key_value_heads=max(1, dim // 256),
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     out = {}
@@ -53,12 +60,26 @@ def write_models(root: Path, dim: int, layers: int, vocab: int) -> dict[str, Pat
     model.to(torch.bfloat16).save_pretrained(out["hf-bfloat16"])
     model.float()
     # Reuse the factory's writers with this model's shapes.
-    factory.DIM, factory.N_LAYERS, factory.N_HEADS, factory.N_KV_HEADS = dim, layers, dim // 64, max(1, dim // 256)
+    factory.DIM, factory.N_LAYERS, factory.N_HEADS, factory.N_KV_HEADS = (
+        dim,
+        layers,
+        dim // 64,
+        max(1, dim // 256),
+    )
     factory.VOCAB, factory.HIDDEN = vocab, cfg.intermediate_size
     (root / "meta").mkdir()
     sd = factory.meta_state_dict(model)
-    params = {"dim": dim, "n_layers": layers, "n_heads": dim // 64, "n_kv_heads": max(1, dim // 256),
-              "vocab_size": vocab, "ffn_dim_multiplier": None, "multiple_of": 32, "norm_eps": 1e-5, "rope_theta": 500000.0}
+    params = {
+        "dim": dim,
+        "n_layers": layers,
+        "n_heads": dim // 64,
+        "n_kv_heads": max(1, dim // 256),
+        "vocab_size": vocab,
+        "ffn_dim_multiplier": None,
+        "multiple_of": 32,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+    }
     (root / "meta" / "params.json").write_text(json.dumps(params))
     torch.save(sd, root / "meta" / "consolidated.00.pth")
     out["meta-float32"] = root / "meta"
@@ -89,7 +110,9 @@ def _write_gguf(factory, model, path: Path, qtype: str) -> None:
         if arr.ndim == 2 and qtype == "F16":
             w.add_tensor(factory._gguf_tensor_name(name), arr.astype(np.float16))
         elif arr.ndim == 2 and qtype != "F32":
-            w.add_tensor(factory._gguf_tensor_name(name), gguf.quants.quantize(arr, qt), raw_dtype=qt)
+            w.add_tensor(
+                factory._gguf_tensor_name(name), gguf.quants.quantize(arr, qt), raw_dtype=qt
+            )
         else:
             w.add_tensor(factory._gguf_tensor_name(name), arr)
     w.write_header_to_file()
@@ -108,9 +131,13 @@ def main() -> None:
         models = write_models(Path(tmp), a.dim, a.layers, a.vocab)
         print(f"{'format':<14} {'weights (fp32)':>15} {'peak - before':>15} {'ratio':>7}")
         for name, path in models.items():
-            res = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True
+            )
             before, peak, _after, nbytes = map(int, res.stdout.split())
-            print(f"{name:<14} {nbytes / 2**20:>12.0f} MiB {(peak - before) / 2**20:>12.0f} MiB {(peak - before) / nbytes:>7.2f}")
+            print(
+                f"{name:<14} {nbytes / 2**20:>12.0f} MiB {(peak - before) / 2**20:>12.0f} MiB {(peak - before) / nbytes:>7.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ part of the architecture and live with the caller.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -100,7 +101,9 @@ class ModelArgs:
                 "set vocab_size in params.json (128256 for Llama 3)",
             )
         if self.head_dim_override is None and self.dim % self.n_heads:
-            raise bad(f"dim {self.dim} is not divisible by n_heads {self.n_heads}", "fix the config")
+            raise bad(
+                f"dim {self.dim} is not divisible by n_heads {self.n_heads}", "fix the config"
+            )
         if self.n_heads % self.kv_heads:
             raise bad(
                 f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.kv_heads}",
@@ -118,7 +121,7 @@ class ModelArgs:
         if "vocab_size" not in params:
             raise ConfigError(
                 "params.json has no vocab_size",
-                "add \"vocab_size\": 128256 for Llama 3 checkpoints",
+                'add "vocab_size": 128256 for Llama 3 checkpoints',
             )
         scaled = bool(params.get("use_scaled_rope", False))
         kw["use_scaled_rope"] = scaled
@@ -155,12 +158,17 @@ class ModelArgs:
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
             )
         except KeyError as e:
-            raise ConfigError(f"config.json has no {e.args[0]}", "use a complete LlamaForCausalLM config") from None
+            raise ConfigError(
+                f"config.json has no {e.args[0]}", "use a complete LlamaForCausalLM config"
+            ) from None
         hd = cfg.get("head_dim")
         if hd is not None and int(hd) != dim // n_heads:
             args["head_dim_override"] = int(hd)
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-            raise ConfigError("config.json enables attention or MLP biases", "Llama 3 has no biases; this model is not supported")
+            raise ConfigError(
+                "config.json enables attention or MLP biases",
+                "Llama 3 has no biases; this model is not supported",
+            )
         # Classic configs carry rope_theta + rope_scaling; transformers >= 5 writes rope_parameters.
         rp = cfg.get("rope_parameters") or {}
         args["rope_theta"] = float(rp.get("rope_theta", cfg.get("rope_theta", 10000.0)))
@@ -173,7 +181,9 @@ class ModelArgs:
                     factor=float(rs["factor"]),
                     low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
                     high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                    original_max_position_embeddings=int(rs.get("original_max_position_embeddings", 8192)),
+                    original_max_position_embeddings=int(
+                        rs.get("original_max_position_embeddings", 8192)
+                    ),
                 )
             elif rtype not in (None, "default"):
                 raise ConfigError(
@@ -195,14 +205,20 @@ class ModelArgs:
         def get(key: str, default: Any = None) -> Any:
             v = md.get(f"llama.{key}", default)
             if v is None:
-                raise ConfigError(f"GGUF metadata has no llama.{key}", "re-convert the model with a current llama.cpp")
+                raise ConfigError(
+                    f"GGUF metadata has no llama.{key}",
+                    "re-convert the model with a current llama.cpp",
+                )
             return v
 
         n_heads = int(get("attention.head_count"))
         dim = int(get("embedding_length"))
         vocab = md.get("llama.vocab_size") or n_vocab
         if vocab is None:
-            raise ConfigError("GGUF metadata has no vocabulary size", "re-convert the model with a current llama.cpp")
+            raise ConfigError(
+                "GGUF metadata has no vocabulary size",
+                "re-convert the model with a current llama.cpp",
+            )
         args: dict[str, Any] = dict(
             dim=dim,
             n_layers=int(get("block_count")),
@@ -221,4 +237,3 @@ class ModelArgs:
 
     def replace(self, **changes: Any) -> ModelArgs:
         return dataclasses.replace(self, **changes)
-

@@ -40,7 +40,9 @@ class LoadedModel:
     load_seconds: float
 
 
-def load_tokenizer_for(ckpt: LoadedCheckpoint, tokenizer_path: str | os.PathLike | None = None) -> BaseTokenizer:
+def load_tokenizer_for(
+    ckpt: LoadedCheckpoint, tokenizer_path: str | os.PathLike | None = None
+) -> BaseTokenizer:
     from .tokenizer.tiktoken_bpe import Tokenizer
 
     version = "3.1" if ckpt.args.use_scaled_rope else "3.0"
@@ -81,7 +83,9 @@ def check_vocab(ckpt: LoadedCheckpoint, tok: BaseTokenizer) -> None:
         )
 
 
-def default_max_seq_len(args: ModelArgs, max_batch_size: int, dtype: torch.dtype, device: torch.device) -> int:
+def default_max_seq_len(
+    args: ModelArgs, max_batch_size: int, dtype: torch.dtype, device: torch.device
+) -> int:
     """The model's trained context, capped to what a KV cache for `max_batch_size` fits in memory."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_seq_token = args.kv_bytes_per_token(itemsize) * max(1, max_batch_size)

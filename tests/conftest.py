@@ -33,7 +33,9 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def shared_llama3() -> Path:
     if not TOKENIZER_MODEL.is_file():
-        raise RuntimeError(f"reference files missing: {SHARED_LLAMA3} (CI runs with ../shared beside the repo)")
+        raise RuntimeError(
+            f"reference files missing: {SHARED_LLAMA3} (CI runs with ../shared beside the repo)"
+        )
     return SHARED_LLAMA3
 
 
@@ -89,7 +91,9 @@ def smollm2(smollm2_path):
     """The real SmolLM2-135M-Instruct GGUF loaded once per session (float32, CPU)."""
     from llama3 import Llama
 
-    return Llama.load(smollm2_path, device="cpu", dtype="float32", max_seq_len=2048, max_batch_size=4)
+    return Llama.load(
+        smollm2_path, device="cpu", dtype="float32", max_seq_len=2048, max_batch_size=4
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from conftest import HF_TOKENIZER_CONFIG_30, HF_TOKENIZER_CONFIG_31, HF_TOKENIZER_JSON, TOKENIZER_MODEL
+from conftest import (
+    HF_TOKENIZER_CONFIG_30,
+    HF_TOKENIZER_CONFIG_31,
+    HF_TOKENIZER_JSON,
+    TOKENIZER_MODEL,
+)
 
 DIM, N_LAYERS, N_HEADS, N_KV_HEADS, VOCAB = 64, 2, 4, 2, 128256
 MULTIPLE_OF, FFN_MULT = 32, 1.3
@@ -92,16 +96,25 @@ def meta_state_dict(model) -> dict[str, torch.Tensor]:
 
     def to_meta(w: torch.Tensor, heads: int) -> torch.Tensor:
         # HF wrote rows as (head, half, pair-index); Meta's order is (head, pair-index, half).
-        return w.reshape(heads, 2, head_dim // 2, DIM).permute(0, 2, 1, 3).reshape(heads * head_dim, DIM)
+        return (
+            w.reshape(heads, 2, head_dim // 2, DIM)
+            .permute(0, 2, 1, 3)
+            .reshape(heads * head_dim, DIM)
+        )
 
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"]}
+    out = {
+        "tok_embeddings.weight": sd["model.embed_tokens.weight"],
+        "norm.weight": sd["model.norm.weight"],
+    }
     if not model.config.tie_word_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
     for i in range(N_LAYERS):
         p = f"model.layers.{i}."
         out[f"layers.{i}.attention.wq.weight"] = to_meta(sd[p + "self_attn.q_proj.weight"], N_HEADS)
-        out[f"layers.{i}.attention.wk.weight"] = to_meta(sd[p + "self_attn.k_proj.weight"], N_KV_HEADS)
+        out[f"layers.{i}.attention.wk.weight"] = to_meta(
+            sd[p + "self_attn.k_proj.weight"], N_KV_HEADS
+        )
         out[f"layers.{i}.attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
         out[f"layers.{i}.attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
         out[f"layers.{i}.feed_forward.w1.weight"] = sd[p + "mlp.gate_proj.weight"]
@@ -162,7 +175,11 @@ _GGUF_NAMES = {
 
 
 def _gguf_tensor_name(meta: str) -> str:
-    top = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight", "output.weight": "output.weight"}
+    top = {
+        "tok_embeddings.weight": "token_embd.weight",
+        "norm.weight": "output_norm.weight",
+        "output.weight": "output.weight",
+    }
     if meta in top:
         return top[meta]
     _, i, rest = meta.split(".", 2)
@@ -216,7 +233,9 @@ def write_gguf(model, out: Path, variant: str, qtype: str = "F32") -> Path:
     write_gguf_tokenizer(w, variant)
     if factor:
         # llama.cpp stores Llama 3.1 scaling as per-frequency divisors (convert_hf_to_gguf.py).
-        base = 1.0 / (500000.0 ** (np.arange(0, DIM // N_HEADS, 2, dtype=np.float32) / (DIM // N_HEADS)))
+        base = 1.0 / (
+            500000.0 ** (np.arange(0, DIM // N_HEADS, 2, dtype=np.float32) / (DIM // N_HEADS))
+        )
         lo, hi, old = 8192 / 1.0, 8192 / 4.0, 8192
         factors = []
         for f in base:

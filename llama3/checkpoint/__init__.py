@@ -27,7 +27,10 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
         if is_gguf_file(p):
             return "gguf", p
         if p.suffix == ".gguf":
-            raise CheckpointError(f"{p} does not start with the GGUF magic bytes", "the file is corrupt or not a GGUF file")
+            raise CheckpointError(
+                f"{p} does not start with the GGUF magic bytes",
+                "the file is corrupt or not a GGUF file",
+            )
         if p.name == "params.json" or p.suffix == ".pth":
             return detect_format(p.parent)
         if p.name == "config.json" or p.suffix == ".safetensors":
@@ -56,5 +59,7 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
 
 def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     fmt, p = detect_format(path)
-    reader = {"meta": read_meta_checkpoint, "hf": read_hf_checkpoint, "gguf": read_gguf_checkpoint}[fmt]
+    reader = {"meta": read_meta_checkpoint, "hf": read_hf_checkpoint, "gguf": read_gguf_checkpoint}[
+        fmt
+    ]
     return reader(p)

@@ -116,7 +116,10 @@ def _loader(path: Path, t: Any, qtype: int, shape: tuple[int, ...]):
         with open(path, "rb") as f:
             got = os.preadv(f.fileno(), [buf], int(t.data_offset))
         if got != len(buf):
-            raise CheckpointError(f"{path.name}: tensor {t.name} ends early", "the file is truncated; download it again")
+            raise CheckpointError(
+                f"{path.name}: tensor {t.name} ends early",
+                "the file is truncated; download it again",
+            )
         return dequantize(np.frombuffer(buf, dtype=np.uint8), qtype, shape, dtype=dtype)
 
     return load

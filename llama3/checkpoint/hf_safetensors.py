@@ -22,7 +22,12 @@ from .loaded import LoadedCheckpoint, TensorSource
 from .names import IGNORED_SUFFIXES, hf_to_meta, unpermute_hf_qk
 
 INDEX = "model.safetensors.index.json"
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+_ST_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+}
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -33,9 +38,13 @@ def _read_json(f: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(f.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{f} is not valid JSON ({e})", f"restore {what} from the model repository") from None
+        raise ConfigError(
+            f"{f} is not valid JSON ({e})", f"restore {what} from the model repository"
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{f} does not hold a JSON object", f"restore {what} from the model repository")
+        raise ConfigError(
+            f"{f} does not hold a JSON object", f"restore {what} from the model repository"
+        )
     return data
 
 
@@ -44,7 +53,9 @@ def _weight_files(path: Path) -> list[Path]:
     if index.is_file():
         weight_map = _read_json(index, INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index} has no weight_map", "restore the index file from the model repository")
+            raise CheckpointError(
+                f"{index} has no weight_map", "restore the index file from the model repository"
+            )
         files = sorted({path / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -60,7 +71,9 @@ def _weight_files(path: Path) -> list[Path]:
                 f"{path} holds PyTorch .bin weights, not safetensors",
                 "convert them with transformers' save_pretrained(safe_serialization=True)",
             )
-        raise CheckpointError(f"no model.safetensors found in {path}", "download the model's *.safetensors files")
+        raise CheckpointError(
+            f"no model.safetensors found in {path}", "download the model's *.safetensors files"
+        )
     return files
 
 
@@ -134,7 +147,9 @@ def _pread(f: Path, info: dict[str, Any]) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=_ST_DTYPES[info["dtype"]]).view(info["shape"])
 
 
-def _source(handle: Any, info: dict[str, Any], f: Path, key: str, name: str, args: ModelArgs) -> TensorSource:
+def _source(
+    handle: Any, info: dict[str, Any], f: Path, key: str, name: str, args: ModelArgs
+) -> TensorSource:
     shape = tuple(info["shape"])
     stored = _ST_DTYPES.get(info["dtype"])
     heads = args.n_heads if name.endswith("attention.wq.weight") else args.kv_heads

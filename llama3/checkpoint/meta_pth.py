@@ -26,9 +26,15 @@ def _read_params(path: Path) -> dict:
     try:
         params = json.loads((path / "params.json").read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path / 'params.json'} is not valid JSON ({e})", "restore the file from the original download") from None
+        raise ConfigError(
+            f"{path / 'params.json'} is not valid JSON ({e})",
+            "restore the file from the original download",
+        ) from None
     if not isinstance(params, dict):
-        raise ConfigError(f"{path / 'params.json'} does not hold a JSON object", "restore the file from the original download")
+        raise ConfigError(
+            f"{path / 'params.json'} does not hold a JSON object",
+            "restore the file from the original download",
+        )
     return params
 
 
@@ -41,7 +47,9 @@ def _open_shard(f: Path) -> dict[str, torch.Tensor]:
             "the file is truncated or corrupt; download it again and check it against checklist.chk",
         ) from None
     if not isinstance(sd, dict):
-        raise CheckpointError(f"{f} does not hold a state dict", "use Meta's consolidated.NN.pth files")
+        raise CheckpointError(
+            f"{f} does not hold a state dict", "use Meta's consolidated.NN.pth files"
+        )
     return sd
 
 
@@ -50,7 +58,9 @@ def read_meta_checkpoint(path: Path) -> LoadedCheckpoint:
     try:
         args = ModelArgs.from_meta_params(params)
     except TypeError as e:
-        raise ConfigError(f"{path / 'params.json'}: {e}", "check the field types in params.json") from None
+        raise ConfigError(
+            f"{path / 'params.json'}: {e}", "check the field types in params.json"
+        ) from None
     files = sorted(path.glob("consolidated.*.pth"))
     if not files:
         files = sorted(path.glob("*.pth"))
@@ -98,7 +108,11 @@ def read_meta_checkpoint(path: Path) -> LoadedCheckpoint:
 def _merged_source(
     name: str, parts: list[torch.Tensor], dim: int | None, args: ModelArgs, files: list[Path]
 ) -> TensorSource:
-    origin = f"{files[0].name}:{name}" if len(files) == 1 else f"{files[0].parent.name}/consolidated.*.pth:{name}"
+    origin = (
+        f"{files[0].name}:{name}"
+        if len(files) == 1
+        else f"{files[0].parent.name}/consolidated.*.pth:{name}"
+    )
     if dim is None:
         t0 = parts[0]
         return TensorSource(tuple(t0.shape), lambda dtype: t0.to(dtype), origin)

@@ -85,7 +85,9 @@ def permute_meta_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 # Meta model-parallel split dims (SEEDS §1.5): column-parallel on dim 0, row-parallel on the last dim.
-_COLUMN = re.compile(r"(^output|^tok_embeddings|feed_forward\.(w1|w3)|attention\.(wq|wk|wv))\.weight$")
+_COLUMN = re.compile(
+    r"(^output|^tok_embeddings|feed_forward\.(w1|w3)|attention\.(wq|wk|wv))\.weight$"
+)
 _ROW = re.compile(r"(feed_forward\.w2|attention\.wo)\.weight$")
 
 

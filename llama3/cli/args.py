@@ -11,10 +11,16 @@ from ..registry import default_model_path
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", help="Meta checkpoint dir, Hugging Face dir or .gguf file (default: SmolLM2-135M-Instruct)")
+    g.add_argument(
+        "--model",
+        "-m",
+        help="Meta checkpoint dir, Hugging Face dir or .gguf file (default: SmolLM2-135M-Instruct)",
+    )
     g.add_argument("--max-seq-len", type=int, help="context length (default: what fits in memory)")
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    g.add_argument(
+        "--dtype", help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)"
+    )
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +34,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
     path = args.model or default_model_path()
-    return Llama.load(path, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len, max_batch_size=max_batch_size)
+    return Llama.load(
+        path,
+        device=args.device,
+        dtype=args.dtype,
+        max_seq_len=args.max_seq_len,
+        max_batch_size=max_batch_size,
+    )
 
 
 def sampling_params(args: argparse.Namespace, **extra) -> SamplingParams:

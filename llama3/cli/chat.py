@@ -39,7 +39,9 @@ def fit_history(llm: Llama, messages: list[dict], reserve: int) -> tuple[list[in
         dropped += 1
 
 
-def answer(llm: Llama, prompt: list[int], params: SamplingParams, out, interactive: bool) -> tuple[str, int, float, bool]:
+def answer(
+    llm: Llama, prompt: list[int], params: SamplingParams, out, interactive: bool
+) -> tuple[str, int, float, bool]:
     """Stream one answer to `out`. Returns (text, tokens, seconds, interrupted)."""
     text, n, t0 = [], 0, time.perf_counter()
     stream = llm.stream([prompt], params)
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     reserve = min(params.max_tokens or 512, llm.max_seq_len // 4)
     if interactive:
-        print(f"{DIM}llama3 chat - {llm.loaded.checkpoint.path.name if llm.loaded else 'model'}; Ctrl-D to quit{RESET}")
+        print(
+            f"{DIM}llama3 chat - {llm.loaded.checkpoint.path.name if llm.loaded else 'model'}; Ctrl-D to quit{RESET}"
+        )
     while True:
         try:
             line = input("> ") if interactive else sys.stdin.readline()
@@ -81,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": line})
         prompt, dropped = fit_history(llm, messages, reserve)
         if dropped:
-            print(f"{DIM}[dropped {dropped} oldest message(s) to fit the {llm.max_seq_len}-token context]{RESET}", file=sys.stderr)
+            print(
+                f"{DIM}[dropped {dropped} oldest message(s) to fit the {llm.max_seq_len}-token context]{RESET}",
+                file=sys.stderr,
+            )
         text, n, secs, interrupted = answer(llm, prompt, params, sys.stdout, interactive)
         messages.append({"role": "assistant", "content": text})
         if interrupted:
@@ -91,4 +98,7 @@ def run(args: argparse.Namespace) -> int:
         if interactive:
             rate = n / secs if secs > 0 else 0.0
             used = len(prompt) + n
-            print(f"{DIM}[{n} tokens, {rate:.1f} tok/s, context {used}/{llm.max_seq_len}]{RESET}", file=sys.stderr)
+            print(
+                f"{DIM}[{n} tokens, {rate:.1f} tok/s, context {used}/{llm.max_seq_len}]{RESET}",
+                file=sys.stderr,
+            )

@@ -44,27 +44,37 @@ class BatchGeneration:
         max_seq_len: int,
     ) -> None:
         if not prompts:
-            raise InvalidRequestError("no prompts given", "pass at least one prompt", param="prompt")
+            raise InvalidRequestError(
+                "no prompts given", "pass at least one prompt", param="prompt"
+            )
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
-            raise InvalidRequestError(f"{len(params)} sampling params for {len(prompts)} prompts", "pass one per prompt")
+            raise InvalidRequestError(
+                f"{len(params)} sampling params for {len(prompts)} prompts", "pass one per prompt"
+            )
         vocab = model.params.vocab_size
         for p in prompts:
             if len(p) == 0:
-                raise InvalidRequestError("a prompt is empty", "give at least one token or character", param="prompt")
+                raise InvalidRequestError(
+                    "a prompt is empty", "give at least one token or character", param="prompt"
+                )
             if len(p) >= max_seq_len:
                 raise ContextLengthExceeded(len(p), max_seq_len)
             bad = [t for t in p if not 0 <= t < vocab]
             if bad:
                 raise InvalidRequestError(
-                    f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", "check the prompt token ids", param="prompt"
+                    f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
+                    "check the prompt token ids",
+                    param="prompt",
                 )
         self.model, self.tokenizer = model, tokenizer
         self.prompts = [list(p) for p in prompts]
         self.params = list(params)
         self.max_seq_len = max_seq_len
-        self.prompt_logprobs: list[list[float] | None] = [[0.0] if p.echo else None for p in self.params]
+        self.prompt_logprobs: list[list[float] | None] = [
+            [0.0] if p.echo else None for p in self.params
+        ]
 
     def __iter__(self) -> Iterator[TokenEvent]:
         model, prompts, params = self.model, self.prompts, self.params
@@ -79,7 +89,9 @@ class BatchGeneration:
         tokens = torch.zeros((bsz, total_len), dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        cache = KVCache(model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype)
+        cache = KVCache(
+            model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype
+        )
         gens = [_generator(p.seed, device) for p in params]
         detoks = [IncrementalDetokenizer(self.tokenizer, p.stop) for p in params]
         model_stops = set(self.tokenizer.stop_tokens)
@@ -91,9 +103,16 @@ class BatchGeneration:
 
         prev_pos = 0
         for cur_pos in range(min_len, total_len):
-            logits = model(tokens[:, prev_pos:cur_pos], prev_pos, cache, last_only=not (want_echo and prev_pos == 0))
+            logits = model(
+                tokens[:, prev_pos:cur_pos],
+                prev_pos,
+                cache,
+                last_only=not (want_echo and prev_pos == 0),
+            )
             if want_echo and logits.shape[1] > 1:
-                self._record_prompt_logprobs(logits[:, :-1], tokens[:, prev_pos + 1 : cur_pos], prev_pos + 1)
+                self._record_prompt_logprobs(
+                    logits[:, :-1], tokens[:, prev_pos + 1 : cur_pos], prev_pos + 1
+                )
             last = logits[:, -1]
             active = [i for i in range(bsz) if not done[i] and cur_pos >= lens[i]]
             drawn = self._sample(last, active, history, generated, gens) if active else {}
@@ -109,13 +128,17 @@ class BatchGeneration:
                 tokens[i, cur_pos] = tok
                 history[i].append(tok)
                 generated[i].append(tok)
-                yield self._event(i, tok, last[i], detoks[i], stops[i], len(generated[i]) >= max_new[i], done)
+                yield self._event(
+                    i, tok, last[i], detoks[i], stops[i], len(generated[i]) >= max_new[i], done
+                )
             prev_pos = cur_pos
             if all(done):
                 break
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _record_prompt_logprobs(self, logits: torch.Tensor, targets: torch.Tensor, first_pos: int) -> None:
+    def _record_prompt_logprobs(
+        self, logits: torch.Tensor, targets: torch.Tensor, first_pos: int
+    ) -> None:
         lps = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         for i, acc in enumerate(self.prompt_logprobs):
             if acc is None:
@@ -129,7 +152,9 @@ class BatchGeneration:
         ps = [self.params[i] for i in active]
         if any(p.repetition_penalty != 1.0 for p in ps):
             logits = sampling.apply_repetition_penalty(
-                logits, [history[i] for i in active], torch.tensor([p.repetition_penalty for p in ps])
+                logits,
+                [history[i] for i in active],
+                torch.tensor([p.repetition_penalty for p in ps]),
             )
         if any(p.frequency_penalty or p.presence_penalty for p in ps):
             logits = sampling.apply_frequency_presence_penalties(

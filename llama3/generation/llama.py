@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Meta's defaults (temperature 0.6, top-p 0.9); frozen, so safe to share
+DEFAULT_PARAMS = SamplingParams()
+
 
 class CompletionPrediction(TypedDict, total=False):
     generation: str
@@ -116,14 +119,29 @@ class Llama:
         capped to what the KV cache for `max_batch_size` sequences fits in free memory.
         """
         if max_batch_size < 1:
-            raise InvalidRequestError(f"max_batch_size must be at least 1, got {max_batch_size}", "use 1 or more")
+            raise InvalidRequestError(
+                f"max_batch_size must be at least 1, got {max_batch_size}", "use 1 or more"
+            )
         if max_seq_len is not None and max_seq_len < 2:
-            raise InvalidRequestError(f"max_seq_len must be at least 2, got {max_seq_len}", "use 2 or more")
+            raise InvalidRequestError(
+                f"max_seq_len must be at least 2, got {max_seq_len}", "use 2 or more"
+            )
         lm = load(path, device=device, dtype=dtype, tokenizer_path=tokenizer_path)
         if max_seq_len is None:
-            max_seq_len = default_max_seq_len(lm.checkpoint.args, max_batch_size, lm.dtype, lm.device)
-        log.info("loaded %s (%s) in %.2f s", lm.checkpoint.path, lm.checkpoint.format, lm.load_seconds)
-        return cls(lm.model, lm.tokenizer, max_seq_len=max_seq_len, max_batch_size=max_batch_size, seed=seed, loaded=lm)
+            max_seq_len = default_max_seq_len(
+                lm.checkpoint.args, max_batch_size, lm.dtype, lm.device
+            )
+        log.info(
+            "loaded %s (%s) in %.2f s", lm.checkpoint.path, lm.checkpoint.format, lm.load_seconds
+        )
+        return cls(
+            lm.model,
+            lm.tokenizer,
+            max_seq_len=max_seq_len,
+            max_batch_size=max_batch_size,
+            seed=seed,
+            loaded=lm,
+        )
 
     @property
     def formatter(self) -> ChatFormatter:
@@ -135,7 +153,9 @@ class Llama:
         return self._formatter
 
     # ---- beyond Meta -----------------------------------------------------------------------------
-    def _params(self, params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+    def _params(
+        self, params: SamplingParams | Sequence[SamplingParams], n: int
+    ) -> list[SamplingParams]:
         ps = [params] * n if isinstance(params, SamplingParams) else list(params)
         # Requests without a seed draw one from this object's stream, so a build(seed=...) run is
         # reproducible end to end.
@@ -152,27 +172,49 @@ class Llama:
         return [self.tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
 
     def stream(
-        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
     ) -> Iterator[TokenEvent]:
         """Token events for a batch of text prompts or token-id prompts, as they are generated."""
         self._check_batch(len(prompts))
         toks = self.encode_prompts(prompts)
-        return iter(BatchGeneration(self.model, self.tokenizer, toks, self._params(params, len(toks)), max_seq_len=self.max_seq_len))
+        return iter(
+            BatchGeneration(
+                self.model,
+                self.tokenizer,
+                toks,
+                self._params(params, len(toks)),
+                max_seq_len=self.max_seq_len,
+            )
+        )
 
     def complete(
-        self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
     ) -> list[GenerationResult]:
         self._check_batch(len(prompts))
         toks = self.encode_prompts(prompts)
-        return generate(self.model, self.tokenizer, toks, self._params(params, len(toks)), max_seq_len=self.max_seq_len)
+        return generate(
+            self.model,
+            self.tokenizer,
+            toks,
+            self._params(params, len(toks)),
+            max_seq_len=self.max_seq_len,
+        )
 
     def chat(
-        self, dialogs: Sequence[Dialog], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+        self,
+        dialogs: Sequence[Dialog],
+        params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
     ) -> list[GenerationResult]:
         return self.complete([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
 
     def stream_chat(
-        self, dialogs: Sequence[Dialog], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+        self,
+        dialogs: Sequence[Dialog],
+        params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
     ) -> Iterator[TokenEvent]:
         return self.stream([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
 
@@ -201,7 +243,11 @@ class Llama:
             echo=echo and logprobs,
         )
         results = generate(
-            self.model, self.tokenizer, prompt_tokens, self._params(params, len(prompt_tokens)), max_seq_len=self.max_seq_len
+            self.model,
+            self.tokenizer,
+            prompt_tokens,
+            self._params(params, len(prompt_tokens)),
+            max_seq_len=self.max_seq_len,
         )
         stops = set(self.tokenizer.stop_tokens)
         out_tokens, out_logprobs = [], []
@@ -227,11 +273,17 @@ class Llama:
     ) -> list[CompletionPrediction]:
         if max_gen_len is None:
             max_gen_len = self.max_seq_len - 1
-        prompt_tokens = [self.tokenizer.encode(x, bos=self.tokenizer.add_bos, eos=False) for x in prompts]
+        prompt_tokens = [
+            self.tokenizer.encode(x, bos=self.tokenizer.add_bos, eos=False) for x in prompts
+        ]
         toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
         if logprobs:
             return [
-                {"generation": self.tokenizer.decode(t), "tokens": [self.tokenizer.decode([x]) for x in t], "logprobs": lp}
+                {
+                    "generation": self.tokenizer.decode(t),
+                    "tokens": [self.tokenizer.decode([x]) for x in t],
+                    "logprobs": lp,
+                }
                 for t, lp in zip(toks, lps or [])
             ]
         return [{"generation": self.tokenizer.decode(t)} for t in toks]
@@ -250,7 +302,9 @@ class Llama:
         toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
         out: list[ChatPrediction] = []
         for i, t in enumerate(toks):
-            pred: ChatPrediction = {"generation": {"role": "assistant", "content": self.tokenizer.decode(t)}}
+            pred: ChatPrediction = {
+                "generation": {"role": "assistant", "content": self.tokenizer.decode(t)}
+            }
             if logprobs:
                 pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
                 pred["logprobs"] = (lps or [])[i]
@@ -260,4 +314,3 @@ class Llama:
 
 def _with_seed(p: SamplingParams, seed: int) -> SamplingParams:
     return dataclasses.replace(p, seed=seed)
-

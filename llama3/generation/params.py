@@ -63,35 +63,73 @@ class SamplingParams:
             return float(v)
 
         if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1
+            isinstance(self.max_tokens, bool)
+            or not isinstance(self.max_tokens, int)
+            or self.max_tokens < 1
         ):
-            raise bad("max_tokens", f"must be a positive integer, got {self.max_tokens!r}", "use 1 or more")
+            raise bad(
+                "max_tokens",
+                f"must be a positive integer, got {self.max_tokens!r}",
+                "use 1 or more",
+            )
         if not 0 <= finite("temperature") <= 100:
-            raise bad("temperature", f"must be between 0 and 100, got {self.temperature}", "0 means greedy")
+            raise bad(
+                "temperature",
+                f"must be between 0 and 100, got {self.temperature}",
+                "0 means greedy",
+            )
         if not 0 < finite("top_p") <= 1:
             raise bad("top_p", f"must be in (0, 1], got {self.top_p}", "1 disables top-p")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", f"must be a non-negative integer, got {self.top_k!r}", "0 disables top-k")
+            raise bad(
+                "top_k", f"must be a non-negative integer, got {self.top_k!r}", "0 disables top-k"
+            )
         if not 0 <= finite("min_p") <= 1:
             raise bad("min_p", f"must be in [0, 1], got {self.min_p}", "0 disables min-p")
         if not 0 < finite("repetition_penalty") <= 10:
-            raise bad("repetition_penalty", f"must be in (0, 10], got {self.repetition_penalty}", "1 disables it")
+            raise bad(
+                "repetition_penalty",
+                f"must be in (0, 10], got {self.repetition_penalty}",
+                "1 disables it",
+            )
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= finite(name) <= 2:
-                raise bad(name, f"must be between -2 and 2, got {getattr(self, name)}", "0 disables it")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+                raise bad(
+                    name, f"must be between -2 and 2, got {getattr(self, name)}", "0 disables it"
+                )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
             raise bad("seed", f"must be an integer, got {self.seed!r}", "pass an integer seed")
         if self.logprobs is not None and (
-            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20
+            isinstance(self.logprobs, bool)
+            or not isinstance(self.logprobs, int)
+            or not 0 <= self.logprobs <= 20
         ):
-            raise bad("logprobs", f"must be an integer between 0 and 20, got {self.logprobs!r}", "use 0-20")
+            raise bad(
+                "logprobs",
+                f"must be an integer between 0 and 20, got {self.logprobs!r}",
+                "use 0-20",
+            )
         for s in self.stop:
             if not isinstance(s, str) or not s:
-                raise bad("stop", f"entries must be non-empty strings, got {s!r}", "remove empty stop strings")
+                raise bad(
+                    "stop",
+                    f"entries must be non-empty strings, got {s!r}",
+                    "remove empty stop strings",
+                )
         if self.logit_bias:
             for k, v in self.logit_bias.items():
-                if not isinstance(k, int) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
-                    raise bad("logit_bias", f"entry {k!r}: {v!r} is invalid", "map token ids to numbers in [-100, 100]")
+                if (
+                    not isinstance(k, int)
+                    or not isinstance(v, (int, float))
+                    or not -100 <= v <= 100
+                ):
+                    raise bad(
+                        "logit_bias",
+                        f"entry {k!r}: {v!r} is invalid",
+                        "map token ids to numbers in [-100, 100]",
+                    )
 
     @property
     def greedy(self) -> bool:

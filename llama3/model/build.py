@@ -61,7 +61,10 @@ def check_tensors(ckpt: LoadedCheckpoint, expected: dict[str, tuple[int, ...]]) 
 
 
 def build_model(
-    ckpt: LoadedCheckpoint, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ckpt: LoadedCheckpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Transformer:
     args = ckpt.args
     with torch.device("meta"):

@@ -28,7 +28,9 @@ class KVCache:
         self.max_seq_len = max_seq_len
 
     @staticmethod
-    def nbytes_for(args: ModelArgs, max_batch_size: int, max_seq_len: int, dtype: torch.dtype) -> int:
+    def nbytes_for(
+        args: ModelArgs, max_batch_size: int, max_seq_len: int, dtype: torch.dtype
+    ) -> int:
         itemsize = torch.empty((), dtype=dtype).element_size()
         return max_batch_size * max_seq_len * args.kv_bytes_per_token(itemsize)
 

@@ -43,7 +43,9 @@ def apply_llama3_scaling(freqs: torch.Tensor, s: RopeScaling) -> torch.Tensor:
     return torch.where(wavelen < high_freq_wavelen, freqs, out)
 
 
-def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for `positions` (any shape P): float32 tensors of shape P + (head_dim // 2,)."""
     angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq.to(positions.device)
     return torch.cos(angles), torch.sin(angles)

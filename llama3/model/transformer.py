@@ -57,7 +57,9 @@ class Attention(nn.Module):
         # (bsz, heads, seqlen, head_dim) for SDPA
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.update(self.layer_id, start_pos, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype))
+            k, v = cache.update(
+                self.layer_id, start_pos, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype)
+            )
             k, v = k.to(q.dtype), v.to(q.dtype)
         mask, causal = None, False
         kv_len = k.shape[2]

@@ -7,7 +7,9 @@ The stop set is kept with the source of each id so `llama3 inspect` can say wher
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import AbstractSet, Collection, Literal, Sequence
+from collections.abc import Collection, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Literal
 
 
 class BaseTokenizer(ABC):

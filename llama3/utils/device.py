@@ -28,9 +28,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise InvalidRequestError(f"unknown device '{device}'", "use cpu, cuda or cuda:N", param="device") from None
+        raise InvalidRequestError(
+            f"unknown device '{device}'", "use cpu, cuda or cuda:N", param="device"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequestError("device 'cuda' was asked for but CUDA is not available", "use --device cpu", param="device")
+        raise InvalidRequestError(
+            "device 'cuda' was asked for but CUDA is not available",
+            "use --device cpu",
+            param="device",
+        )
     return dev
 
 
@@ -43,7 +49,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     key = str(dtype).removeprefix("torch.").lower()
     if key not in _DTYPES:
-        raise InvalidRequestError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16", param="dtype")
+        raise InvalidRequestError(
+            f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16", param="dtype"
+        )
     return _DTYPES[key]
 
 

@@ -86,7 +86,10 @@ class TestMeta:
         params = json.loads((d / "params.json").read_text())
         params["multiple_of"] = 64  # hidden size 256 instead of 224
         (d / "params.json").write_text(json.dumps(params))
-        with pytest.raises(CheckpointError, match=r"feed_forward\.w1\.weight has shape \(224, 64\) but the config expects \(256, 64\)"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"feed_forward\.w1\.weight has shape \(224, 64\) but the config expects \(256, 64\)",
+        ):
             _load(d)
 
     def test_layer_count_disagrees(self, tiny, tmp_path):
@@ -102,7 +105,9 @@ class TestMeta:
         params = json.loads((d / "params.json").read_text())
         params["vocab_size"] = 130000
         (d / "params.json").write_text(json.dumps(params))
-        with pytest.raises(ConfigError, match="tokenizer has 128256 tokens but the model's vocab_size is 130000"):
+        with pytest.raises(
+            ConfigError, match="tokenizer has 128256 tokens but the model's vocab_size is 130000"
+        ):
             _load(d)
 
     def test_indivisible_heads(self, tiny, tmp_path):
@@ -132,9 +137,16 @@ class TestHF:
     def test_index_lists_missing_shard(self, tiny, tmp_path):
         d = _copy(tiny.path("3.0", "hf"), tmp_path / "h")
         (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
-        index = {"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors", "lm_head.weight": "model-00002-of-00002.safetensors"}}
+        index = {
+            "weight_map": {
+                "model.norm.weight": "model-00001-of-00002.safetensors",
+                "lm_head.weight": "model-00002-of-00002.safetensors",
+            }
+        }
         (d / "model.safetensors.index.json").write_text(json.dumps(index))
-        with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors but the file is missing"):
+        with pytest.raises(
+            CheckpointError, match="model-00002-of-00002.safetensors but the file is missing"
+        ):
             _load(d)
 
     def test_unknown_architecture(self, tiny, tmp_path):
@@ -159,7 +171,10 @@ class TestHF:
         cfg = json.loads((d / "config.json").read_text())
         cfg["intermediate_size"] = 200
         (d / "config.json").write_text(json.dumps(cfg))
-        with pytest.raises(CheckpointError, match=r"model.safetensors:model.layers.0.mlp.*has shape .* but the config expects"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"model.safetensors:model.layers.0.mlp.*has shape .* but the config expects",
+        ):
             _load(d)
 
 

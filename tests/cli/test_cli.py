@@ -8,18 +8,36 @@ import sys
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llama3", *args], input=stdin, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "llama3", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_generate_json_greedy(tiny):
-    r = run("generate", "--model", str(tiny.path("3.0", "hf")), "Hello", "--temperature", "0", "--max-tokens", "4", "--json")
+    r = run(
+        "generate",
+        "--model",
+        str(tiny.path("3.0", "hf")),
+        "Hello",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "4",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["tokens"]) <= 4 and out["finish_reason"] in ("stop", "length")
 
 
 def test_chat_pipe_mode_with_default_model():
-    r = run("chat", "--temperature", "0", "--max-tokens", "24", stdin="What is the capital of France?\n")
+    r = run(
+        "chat", "--temperature", "0", "--max-tokens", "24", stdin="What is the capital of France?\n"
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and ">" not in r.stdout  # answers only, no prompts
 

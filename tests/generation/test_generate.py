@@ -27,14 +27,22 @@ def test_seeded_row_does_not_depend_on_the_batch(llm):
     p = SamplingParams(temperature=1.0, top_p=0.95, seed=3, max_tokens=12, ignore_eos=True)
     alone = llm.complete(["The weather today"], p)[0].tokens
     other = SamplingParams(temperature=0.8, seed=99, max_tokens=20, ignore_eos=True)
-    batched = llm.complete(["A much longer prompt that comes first in the batch", "The weather today"], [other, p])[1].tokens
+    batched = llm.complete(
+        ["A much longer prompt that comes first in the batch", "The weather today"], [other, p]
+    )[1].tokens
     assert alone == batched
 
 
 def test_greedy_ignores_seed_and_batching_matches_single(llm):
     prompts = ["Short", "A somewhat longer prompt than the first one", "Mid length prompt"]
-    single = [llm.complete([q], SamplingParams(temperature=0, max_tokens=10, seed=s))[0].tokens for s, q in enumerate(prompts)]
-    batched = [r.tokens for r in llm.complete(prompts, SamplingParams(temperature=0, max_tokens=10, seed=123))]
+    single = [
+        llm.complete([q], SamplingParams(temperature=0, max_tokens=10, seed=s))[0].tokens
+        for s, q in enumerate(prompts)
+    ]
+    batched = [
+        r.tokens
+        for r in llm.complete(prompts, SamplingParams(temperature=0, max_tokens=10, seed=123))
+    ]
     assert single == batched
 
 
@@ -50,7 +58,9 @@ def test_generation_ends_at_context_limit(llm):
 
 
 def test_stop_string_cuts_text_and_streaming_equals_non_streaming(llm):
-    base = llm.complete(["Tell me"], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0]
+    base = llm.complete(["Tell me"], SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[
+        0
+    ]
     assert len(base.text) > 10
     stop = base.text[6:9]
     want = base.text[: base.text.index(stop)]
@@ -65,21 +75,32 @@ def test_eot_is_a_stop_token(llm):
     """An instruct model's <|eot_id|> ends generation (forced here with a logit bias)."""
     assert {128001, 128008, 128009} <= set(llm.tokenizer.stop_tokens)
     for eot in (128009, 128008, 128001):
-        r = llm.complete(["Hi"], SamplingParams(temperature=0, max_tokens=10, logit_bias={eot: 100.0}))[0]
+        r = llm.complete(
+            ["Hi"], SamplingParams(temperature=0, max_tokens=10, logit_bias={eot: 100.0})
+        )[0]
         assert r.tokens == [eot] and r.finish_reason == "stop" and r.text == ""
-    toks, _ = llm.generate([llm.tokenizer.encode("Hi", bos=True, eos=False)], max_gen_len=10, temperature=0)
+    toks, _ = llm.generate(
+        [llm.tokenizer.encode("Hi", bos=True, eos=False)], max_gen_len=10, temperature=0
+    )
     assert all(t not in llm.tokenizer.stop_tokens for t in toks[0])
 
 
 def test_extra_stop_token_ids(llm):
-    first = llm.complete(["Go"], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[0].tokens
-    r = llm.complete(["Go"], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=(first[2],)))[0]
+    first = llm.complete(["Go"], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[
+        0
+    ].tokens
+    r = llm.complete(
+        ["Go"], SamplingParams(temperature=0, max_tokens=6, stop_token_ids=(first[2],))
+    )[0]
     assert r.tokens == first[:3] and r.finish_reason == "stop"
 
 
 def test_logprobs_and_top_alternatives_match_transformers(llm, tiny):
     hf = tiny.hf_model("3.1")
-    r = llm.complete(["Logprobs please"], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=3))[0]
+    r = llm.complete(
+        ["Logprobs please"],
+        SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=3),
+    )[0]
     ids = r.prompt_tokens + r.tokens
     with torch.no_grad():
         ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0], -1)
@@ -144,8 +165,19 @@ def test_default_context_is_capped_by_memory_not_128k(tiny):
 
 
 def test_meta_text_and_chat_completion_shapes(llm):
-    out = llm.text_completion(["I believe the meaning of life is"], max_gen_len=4, logprobs=True, echo=False)
-    assert set(out[0]) == {"generation", "tokens", "logprobs"} and len(out[0]["tokens"]) == len(out[0]["logprobs"])
-    chat = llm.chat_completion([[{"role": "user", "content": "what is the recipe of mayonnaise?"}]], max_gen_len=4)
-    assert chat[0]["generation"]["role"] == "assistant" and isinstance(chat[0]["generation"]["content"], str)
-    assert llm.formatter.encode_dialog_prompt([{"role": "user", "content": "hi"}])[:2] == [128000, 128006]
+    out = llm.text_completion(
+        ["I believe the meaning of life is"], max_gen_len=4, logprobs=True, echo=False
+    )
+    assert set(out[0]) == {"generation", "tokens", "logprobs"} and len(out[0]["tokens"]) == len(
+        out[0]["logprobs"]
+    )
+    chat = llm.chat_completion(
+        [[{"role": "user", "content": "what is the recipe of mayonnaise?"}]], max_gen_len=4
+    )
+    assert chat[0]["generation"]["role"] == "assistant" and isinstance(
+        chat[0]["generation"]["content"], str
+    )
+    assert llm.formatter.encode_dialog_prompt([{"role": "user", "content": "hi"}])[:2] == [
+        128000,
+        128006,
+    ]

@@ -10,19 +10,31 @@ from llama3 import ChatFormat, Dialog, Llama, ModelArgs, Tokenizer, Transformer
 def test_build_with_metas_signature_and_example_dialogs(tiny):
     ckpt = tiny.path("3.0", "meta2")
     generator = Llama.build(
-        ckpt_dir=str(ckpt), tokenizer_path=str(ckpt / "tokenizer.model"), max_seq_len=512, max_batch_size=4
+        ckpt_dir=str(ckpt),
+        tokenizer_path=str(ckpt / "tokenizer.model"),
+        max_seq_len=512,
+        max_batch_size=4,
     )
-    assert isinstance(generator.tokenizer, Tokenizer) and isinstance(generator.formatter, ChatFormat)
-    assert isinstance(generator.model, Transformer) and isinstance(generator.model.params, ModelArgs)
+    assert isinstance(generator.tokenizer, Tokenizer) and isinstance(
+        generator.formatter, ChatFormat
+    )
+    assert isinstance(generator.model, Transformer) and isinstance(
+        generator.model.params, ModelArgs
+    )
     dialogs: list[Dialog] = [
         [{"role": "user", "content": "what is the recipe of mayonnaise?"}],
-        [{"role": "system", "content": "Always answer with Haiku"}, {"role": "user", "content": "I am going to Paris, what should I see?"}],
+        [
+            {"role": "system", "content": "Always answer with Haiku"},
+            {"role": "user", "content": "I am going to Paris, what should I see?"},
+        ],
     ]
     results = generator.chat_completion(dialogs, max_gen_len=8, temperature=0.6, top_p=0.9)
     assert len(results) == 2 and all(r["generation"]["role"] == "assistant" for r in results)
     # Same seed, same outputs: build() seeds a private stream, not torch's global RNG.
     state = torch.random.get_rng_state()
-    again = Llama.build(str(ckpt), str(ckpt / "tokenizer.model"), 512, 4).chat_completion(dialogs, max_gen_len=8)
+    again = Llama.build(str(ckpt), str(ckpt / "tokenizer.model"), 512, 4).chat_completion(
+        dialogs, max_gen_len=8
+    )
     assert [r["generation"] for r in again] == [r["generation"] for r in results]
     assert torch.equal(state, torch.random.get_rng_state())
 

@@ -28,14 +28,25 @@ def test_greedy_tokens_match_transformers_for_32_tokens(smollm2, smollm2_hf):
     for prompt, r in zip(PROMPTS, results):
         ids = smollm2.tokenizer.encode_prompt(prompt)
         want = smollm2_hf.generate(
-            torch.tensor([ids]), max_new_tokens=32, do_sample=False, pad_token_id=0, eos_token_id=None
+            torch.tensor([ids]),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
         )[0, len(ids) :].tolist()
-        assert r.tokens == want, (prompt, smollm2.tokenizer.decode(r.tokens), smollm2.tokenizer.decode(want))
+        assert r.tokens == want, (
+            prompt,
+            smollm2.tokenizer.decode(r.tokens),
+            smollm2.tokenizer.decode(want),
+        )
         assert len(r.tokens) == 32 and r.finish_reason == "length"
 
 
 def test_chat_answer_stops_on_im_end(smollm2):
-    r = smollm2.chat([[{"role": "user", "content": "What is the capital of France?"}]], SamplingParams(temperature=0, max_tokens=64))[0]
+    r = smollm2.chat(
+        [[{"role": "user", "content": "What is the capital of France?"}]],
+        SamplingParams(temperature=0, max_tokens=64),
+    )[0]
     assert r.finish_reason == "stop"
     assert r.tokens[-1] in smollm2.tokenizer.stop_tokens
     assert "Paris" in r.text

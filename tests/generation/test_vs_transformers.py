@@ -33,10 +33,16 @@ def test_echo_logprobs_and_greedy_tokens_match_transformers(tiny, variant, fmt):
         assert t[: len(ids)] == ids and len(lp) == len(t)
         assert lp[0] == 0.0  # Meta's convention for the first prompt token
         ref = _rescore(hf, t)
-        assert torch.allclose(torch.tensor(lp[1:]), ref, atol=1e-4), (torch.tensor(lp[1:]) - ref).abs().max()
+        assert torch.allclose(torch.tensor(lp[1:]), ref, atol=1e-4), (
+            (torch.tensor(lp[1:]) - ref).abs().max()
+        )
         # Greedy continuation equals transformers' generate (cut at the first stop token, as Meta does).
         want = hf.generate(
-            torch.tensor([ids]), max_new_tokens=10, do_sample=False, eos_token_id=sorted(stops), pad_token_id=0
+            torch.tensor([ids]),
+            max_new_tokens=10,
+            do_sample=False,
+            eos_token_id=sorted(stops),
+            pad_token_id=0,
         )[0, len(ids) :].tolist()
         cut = next((i for i, x in enumerate(want) if x in stops), len(want))
         assert t[len(ids) :] == want[:cut]

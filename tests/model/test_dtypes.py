@@ -18,7 +18,9 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.15, torch.float16: 0.02}
 def test_logits_close_to_float32_transformers(tiny, device, dtype):
     torch.backends.cuda.matmul.allow_tf32 = False
     hf = tiny.hf_model("3.1")
-    llm = Llama.load(tiny.path("3.1", "hf"), device=device, dtype=dtype, max_seq_len=64, max_batch_size=2)
+    llm = Llama.load(
+        tiny.path("3.1", "hf"), device=device, dtype=dtype, max_seq_len=64, max_batch_size=2
+    )
     assert llm.model.tok_embeddings.weight.dtype == dtype
     assert llm.model.tok_embeddings.weight.device.type == device
     ids = llm.tokenizer.encode("Precision matters for every token we compute.", bos=True, eos=False)
@@ -30,14 +32,23 @@ def test_logits_close_to_float32_transformers(tiny, device, dtype):
     # Incremental decoding with the cache in this dtype matches a full forward pass.
     r = llm.complete([ids], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0]
     assert len(r.tokens) == 8
-    full = llm.model(torch.tensor([ids + r.tokens[:-1]], device=device))[0, len(ids) - 1 :].argmax(-1).cpu().tolist()
+    full = (
+        llm.model(torch.tensor([ids + r.tokens[:-1]], device=device))[0, len(ids) - 1 :]
+        .argmax(-1)
+        .cpu()
+        .tolist()
+    )
     agree = sum(a == b for a, b in zip(full, r.tokens)) / len(r.tokens)
     assert agree >= (1.0 if dtype == torch.float32 else 0.75)
 
 
 def test_default_device_and_dtype(tiny):
     llm = Llama.load(tiny.path("3.0", "meta"), max_seq_len=32, max_batch_size=1)
-    want = (torch.device("cuda"), None) if torch.cuda.is_available() else (torch.device("cpu"), torch.float32)
+    want = (
+        (torch.device("cuda"), None)
+        if torch.cuda.is_available()
+        else (torch.device("cpu"), torch.float32)
+    )
     assert llm.model.tok_embeddings.weight.device.type == want[0].type
     if want[1] is not None:
         assert llm.model.tok_embeddings.weight.dtype == want[1]
