@@ -16,17 +16,21 @@ from ..errors import Llama3Error
 
 VERBS = {
     "chat": "interactive console chat that streams tokens (pipe mode when stdin is not a terminal)",
-    "generate": "text completion of prompts given on the command line",
+    "generate": "text completion for base models and scripting",
+    "inspect": "the doctor: format, config, memory, tokenizer, stop set, chat template, pitfalls",
+    "tokenize": "show the token ids and pieces of a text",
+    "download": "download Meta checkpoints (signed URL) or Hugging Face repos",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import chat, generate
+    import importlib
 
     parser = argparse.ArgumentParser(prog="llama3", description="Run Meta Llama 3-family models.")
     parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name, mod in (("chat", chat), ("generate", generate)):
+    for name in VERBS:
+        mod = importlib.import_module(f".{name}", __name__)
         p = sub.add_parser(name, help=VERBS[name], description=VERBS[name])
         mod.add_arguments(p)
         p.set_defaults(run=mod.run)
