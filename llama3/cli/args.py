@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..generation.llama import Llama
 from ..generation.params import SamplingParams
-from ..registry import default_model_path
+from ..registry import resolve_model
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +33,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="sampling seed for reproducible output")
 
 
+def resolve_model_path(spec: str | None) -> Path:
+    """--model value -> a path (a local path, a hub id in the local HF cache, or the default)."""
+    return resolve_model(spec)
+
+
 def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
-    path = args.model or default_model_path()
+    path = resolve_model(args.model)
     return Llama.load(
         path,
         device=args.device,

@@ -1,21 +1,51 @@
 """`llama3 chat`: console chat that streams tokens as they are generated and keeps the conversation.
 
-With stdin not a terminal, each input line is one user turn and only the answers are printed, so
-`echo hi | llama3 chat` works in scripts. When the next turn would not fit the context, the oldest
-turns after the system prompt are dropped with a notice on stderr.
+In-chat commands (/help lists them) change the system prompt, sampling settings and history. Ctrl-C
+stops the answer being generated and keeps what was said; Ctrl-C at an empty prompt or Ctrl-D quits.
+When the next turn would not fit the context, the oldest turns after the system prompt are dropped
+with a notice. With stdin not a terminal, each input line is one user turn and only the answers are
+printed, so `echo hi | llama3 chat` works in scripts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
+from typing import TextIO
 
+from ..errors import InvalidRequestError, Llama3Error
 from ..generation.llama import Llama
 from ..generation.params import SamplingParams
 from .args import add_model_arguments, add_sampling_arguments, load_llama, sampling_params
 
 DIM, RESET = "\033[2m", "\033[0m"
+ROLES = ("system", "user", "assistant", "tool", "ipython")
+#: /set keys -> the type each value parses as
+SETTABLE = {
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "min_p": float,
+    "max_tokens": int,
+    "seed": int,
+    "repetition_penalty": float,
+    "frequency_penalty": float,
+    "presence_penalty": float,
+}
+HELP = """commands:
+  /help                 this help
+  /reset                forget the conversation (keeps the system prompt)
+  /system TEXT          set the system prompt (empty TEXT removes it)
+  /set KEY=VALUE ...    sampling: {keys}
+  /save FILE            save the conversation as OpenAI-style JSON messages
+  /load FILE            load a conversation saved with /save
+  /stats                context used, tokens and speed so far
+  /exit                 quit (also Ctrl-D, or Ctrl-C at an empty prompt)
+Ctrl-C while an answer streams stops it and keeps the partial answer."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,81 +54,215 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", help="system prompt")
 
 
-def fit_history(llm: Llama, messages: list[dict], reserve: int) -> tuple[list[int], int]:
-    """Prompt ids for `messages`, dropping the oldest non-system turns until `reserve` tokens fit.
-
-    Returns (prompt ids, number of messages dropped); mutates `messages`.
-    """
-    dropped = 0
-    while True:
-        prompt = llm.formatter.encode_dialog_prompt(messages)
-        first = 1 if messages and messages[0]["role"] == "system" else 0
-        if len(prompt) + reserve <= llm.max_seq_len or len(messages) - first <= 1:
-            return prompt, dropped
-        del messages[first]
-        dropped += 1
+@dataclasses.dataclass
+class Stats:
+    turns: int = 0
+    generated: int = 0
+    seconds: float = 0.0
+    last_rate: float = 0.0
+    context: int = 0
 
 
-def answer(
-    llm: Llama, prompt: list[int], params: SamplingParams, out, interactive: bool
-) -> tuple[str, int, float, bool]:
-    """Stream one answer to `out`. Returns (text, tokens, seconds, interrupted)."""
-    text, n, t0 = [], 0, time.perf_counter()
-    stream = llm.stream([prompt], params)
-    try:
-        for ev in stream:
-            n += 1
-            if ev.text:
-                text.append(ev.text)
-                out.write(ev.text)
-                out.flush()
-    except KeyboardInterrupt:
-        stream.close()
-        return "".join(text), n, time.perf_counter() - t0, True
-    return "".join(text), n, time.perf_counter() - t0, False
+class ChatSession:
+    """The conversation, settings and commands; I/O goes through `out` (answers) and `err` (status)."""
+
+    def __init__(
+        self,
+        llm: Llama,
+        params: SamplingParams,
+        system: str | None,
+        out: TextIO,
+        err: TextIO,
+        *,
+        decorate: bool,
+    ):
+        self.llm, self.params, self.out, self.err, self.decorate = llm, params, out, err, decorate
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.stats = Stats()
+
+    # ---- output helpers --------------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        """A dim status line on stderr (plain in pipe mode)."""
+        self.err.write(f"{DIM}{text}{RESET}\n" if self.decorate else f"{text}\n")
+        self.err.flush()
+
+    # ---- commands --------------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run an in-chat command; False means quit."""
+        name, _, rest = line[1:].partition(" ")
+        rest = rest.strip()
+        if name in ("exit", "quit"):
+            return False
+        handler = getattr(self, f"_cmd_{name}", None)
+        if handler is None:
+            self.note(f"unknown command /{name}; /help lists them")
+            return True
+        try:
+            handler(rest)
+        except (Llama3Error, OSError, ValueError) as e:
+            self.note(f"error: {e}")
+        return True
+
+    def _cmd_help(self, _: str) -> None:
+        self.note(HELP.format(keys=", ".join(SETTABLE)))
+
+    def recount(self) -> None:
+        """Context used by the conversation as it stands (after /reset, /load, /system)."""
+        fmt = self.llm.formatter
+        ids = fmt.encode_dialog_prompt(self.messages, add_generation_prompt=False) if self.messages else []
+        self.stats.context = len(ids)
+
+    def _cmd_reset(self, _: str) -> None:
+        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
+        self.recount()
+        self.note("conversation cleared")
+
+    def _cmd_system(self, text: str) -> None:
+        self.messages = [m for m in self.messages if m["role"] != "system"]
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+        self.recount()
+        self.note("system prompt set" if text else "system prompt removed")
+
+    def _cmd_set(self, rest: str) -> None:
+        if not rest:
+            shown = " ".join(f"{k}={getattr(self.params, k)}" for k in SETTABLE)
+            self.note(shown)
+            return
+        changes = {}
+        for item in rest.split():
+            key, eq, value = item.partition("=")
+            key = key.replace("-", "_")
+            if not eq or key not in SETTABLE:
+                raise InvalidRequestError(
+                    f"cannot set '{item}'", f"use KEY=VALUE with KEY one of {', '.join(SETTABLE)}"
+                )
+            try:
+                changes[key] = (
+                    None
+                    if value.lower() == "none" and key in ("max_tokens", "seed")
+                    else SETTABLE[key](value)
+                )
+            except ValueError:
+                raise InvalidRequestError(
+                    f"{key}: '{value}' is not a valid {SETTABLE[key].__name__}", "give a number"
+                ) from None
+        self.params = dataclasses.replace(self.params, **changes)  # validates
+        self.note(" ".join(f"{k}={v}" for k, v in changes.items()))
+
+    def _cmd_save(self, file: str) -> None:
+        if not file:
+            raise InvalidRequestError("/save needs a file name", "/save chat.json")
+        Path(file).write_text(json.dumps(self.messages, indent=2, ensure_ascii=False) + "\n")
+        self.note(f"saved {len(self.messages)} messages to {file}")
+
+    def _cmd_load(self, file: str) -> None:
+        if not file:
+            raise InvalidRequestError("/load needs a file name", "/load chat.json")
+        try:
+            data = json.loads(Path(file).read_text())
+        except json.JSONDecodeError as e:
+            raise InvalidRequestError(
+                f"{file} is not valid JSON ({e})", "load a file written by /save"
+            ) from None
+        if not isinstance(data, list) or not all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+            for m in data
+        ):
+            raise InvalidRequestError(
+                f"{file} is not a list of {{role, content}} messages",
+                "load a file written by /save",
+            )
+        self.messages = [{"role": m["role"], "content": m["content"]} for m in data]
+        self.recount()
+        self.note(f"loaded {len(self.messages)} messages from {file}")
+
+    def _cmd_stats(self, _: str) -> None:
+        s = self.stats
+        self.note(
+            f"messages {len(self.messages)}, context {s.context}/{self.llm.max_seq_len} tokens, "
+            f"generated {s.generated} tokens in {s.turns} answers, last {s.last_rate:.1f} tok/s"
+        )
+
+    # ---- a turn ----------------------------------------------------------------------------------
+    def fit_prompt(self, reserve: int) -> list[int]:
+        """Prompt ids for the conversation, dropping the oldest non-system turns until `reserve` fits."""
+        dropped = 0
+        while True:
+            prompt = self.llm.formatter.encode_dialog_prompt(self.messages)
+            first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
+            if len(prompt) + reserve <= self.llm.max_seq_len or len(self.messages) - first <= 1:
+                break
+            del self.messages[first]
+            dropped += 1
+        if dropped:
+            self.note(
+                f"[dropped the {dropped} oldest message(s) to fit the {self.llm.max_seq_len}-token context]"
+            )
+        return prompt
+
+    def turn(self, text: str) -> None:
+        self.messages.append({"role": "user", "content": text})
+        reserve = min(self.params.max_tokens or 512, self.llm.max_seq_len // 4)
+        try:
+            prompt = self.fit_prompt(reserve)
+            stream = self.llm.stream([prompt], self.params)
+        except Llama3Error as e:  # e.g. one message alone is longer than the context
+            self.messages.pop()
+            self.note(f"error: {e}")
+            return
+        pieces, n, t0, interrupted = [], 0, time.perf_counter(), False
+        try:
+            for ev in stream:
+                n += 1
+                if ev.text:
+                    pieces.append(ev.text)
+                    self.out.write(ev.text)
+                    self.out.flush()
+        except KeyboardInterrupt:
+            stream.close()
+            interrupted = True
+        secs = time.perf_counter() - t0
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        self.out.write(" [interrupted]\n" if interrupted else "\n")
+        self.out.flush()
+        s = self.stats
+        s.turns, s.generated, s.seconds = s.turns + 1, s.generated + n, s.seconds + secs
+        s.last_rate, s.context = (n / secs if secs > 0 else 0.0), len(prompt) + n
+        if self.decorate:
+            self.note(
+                f"[{n} tokens, {s.last_rate:.1f} tok/s, context {s.context}/{self.llm.max_seq_len}]"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     llm = load_llama(args)
-    params = sampling_params(args)
-    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    reserve = min(params.max_tokens or 512, llm.max_seq_len // 4)
+    session = ChatSession(
+        llm, sampling_params(args), args.system, sys.stdout, sys.stderr, decorate=interactive
+    )
     if interactive:
-        print(
-            f"{DIM}llama3 chat - {llm.loaded.checkpoint.path.name if llm.loaded else 'model'}; Ctrl-D to quit{RESET}"
+        name = llm.loaded.checkpoint.path.name if llm.loaded else "model"
+        session.note(
+            f"llama3 chat · {name} · context {llm.max_seq_len} · /help for commands, Ctrl-D to quit"
         )
     while True:
         try:
             line = input("> ") if interactive else sys.stdin.readline()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             if interactive:
                 print()
+            return 0
+        except KeyboardInterrupt:  # Ctrl-C at the prompt quits
+            print()
             return 0
         if not interactive and line == "":
             return 0
         line = line.strip()
         if not line:
             continue
-        if interactive and line in ("/exit", "/quit"):
-            return 0
-        messages.append({"role": "user", "content": line})
-        prompt, dropped = fit_history(llm, messages, reserve)
-        if dropped:
-            print(
-                f"{DIM}[dropped {dropped} oldest message(s) to fit the {llm.max_seq_len}-token context]{RESET}",
-                file=sys.stderr,
-            )
-        text, n, secs, interrupted = answer(llm, prompt, params, sys.stdout, interactive)
-        messages.append({"role": "assistant", "content": text})
-        if interrupted:
-            print(" [interrupted]")
-        else:
-            print()
-        if interactive:
-            rate = n / secs if secs > 0 else 0.0
-            used = len(prompt) + n
-            print(
-                f"{DIM}[{n} tokens, {rate:.1f} tok/s, context {used}/{llm.max_seq_len}]{RESET}",
-                file=sys.stderr,
-            )
+        if interactive and line.startswith("/"):
+            if not session.command(line):
+                return 0
+            continue
+        session.turn(line)
