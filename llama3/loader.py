@@ -8,7 +8,9 @@ vocabulary fits the model, and picks the default context length (what fits in me
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +102,21 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     tokenizer_path: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> LoadedModel:
+    """Read, check and build. `progress` draws a bar on a terminal while the weights load."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ckpt = read_checkpoint(path)
     tok = load_tokenizer_for(ckpt, tokenizer_path)
     check_vocab(ckpt, tok)
-    model = build_model(ckpt, device=dev, dtype=dt)
+    from .download.progress import Progress
+
+    itemsize = torch.empty((), dtype=dt).element_size()
+    total = sum(math.prod(t.shape) for t in ckpt.tensors.values()) * itemsize
+    with Progress(
+        total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
+    ) as bar:
+        model = build_model(ckpt, device=dev, dtype=dt, on_bytes=bar.update)
     return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0)

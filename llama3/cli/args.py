@@ -22,6 +22,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype", help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)"
     )
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         dtype=args.dtype,
         max_seq_len=args.max_seq_len,
         max_batch_size=max_batch_size,
+        progress=not getattr(args, "quiet", False),
     )
 
 

@@ -9,7 +9,6 @@ This module knows token ids and the tokenizer interface, not chat formats or HTT
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -18,17 +17,8 @@ from ..errors import ContextLengthExceeded, InvalidRequestError
 from ..model.kv_cache import KVCache
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
-from ..tokenizer.streaming import IncrementalDetokenizer
-from . import sampling
 from .params import GenerationResult, SamplingParams, TokenEvent
-
-
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    # One generator per sequence: its samples never depend on what else is in the batch, and the
-    # global RNG is never reseeded.
-    g = torch.Generator(device=device)
-    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-    return g
+from .sequence_state import SequenceState, sample_next_tokens
 
 
 class BatchGeneration:
@@ -92,13 +82,10 @@ class BatchGeneration:
         cache = KVCache(
             model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype
         )
-        gens = [_generator(p.seed, device) for p in params]
-        detoks = [IncrementalDetokenizer(self.tokenizer, p.stop) for p in params]
-        model_stops = set(self.tokenizer.stop_tokens)
-        stops = [set(p.stop_token_ids) | (set() if p.ignore_eos else model_stops) for p in params]
-        history = [list(p) for p in prompts]  # prompt + generated, for the penalties
-        generated: list[list[int]] = [[] for _ in prompts]
-        done = [False] * bsz
+        states = [
+            SequenceState(i, p, sp, self.tokenizer, max_new=m, device=device)
+            for i, (p, sp, m) in enumerate(zip(prompts, params, max_new))
+        ]
         want_echo = any(p.echo for p in params)
 
         prev_pos = 0
@@ -114,25 +101,18 @@ class BatchGeneration:
                     logits[:, :-1], tokens[:, prev_pos + 1 : cur_pos], prev_pos + 1
                 )
             last = logits[:, -1]
-            active = [i for i in range(bsz) if not done[i] and cur_pos >= lens[i]]
-            drawn = self._sample(last, active, history, generated, gens) if active else {}
-            for i in range(bsz):
-                if done[i]:
-                    continue
-                if cur_pos < lens[i]:  # still inside this row's prompt: keep the prompt token
-                    lp = self.prompt_logprobs[i]
-                    if lp is not None:
-                        lp.append(float(torch.log_softmax(last[i], -1)[tokens[i, cur_pos]]))
-                    continue
-                tok = drawn[i]
-                tokens[i, cur_pos] = tok
-                history[i].append(tok)
-                generated[i].append(tok)
-                yield self._event(
-                    i, tok, last[i], detoks[i], stops[i], len(generated[i]) >= max_new[i], done
-                )
+            active = [s for s in states if not s.done and cur_pos >= lens[s.index]]
+            if active:
+                rows = torch.tensor([s.index for s in active], device=device)
+                drawn = sample_next_tokens(active, last.index_select(0, rows))
+                for s, tok in zip(active, drawn):
+                    tokens[s.index, cur_pos] = tok
+                    yield s.accept(tok, last[s.index])
+            for i, lp in enumerate(self.prompt_logprobs):
+                if lp is not None and cur_pos < lens[i]:  # a longer prompt: keep its token
+                    lp.append(float(torch.log_softmax(last[i], -1)[tokens[i, cur_pos]]))
             prev_pos = cur_pos
-            if all(done):
+            if all(s.done for s in states):
                 break
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -145,58 +125,6 @@ class BatchGeneration:
                 continue
             n = len(self.prompts[i]) - first_pos  # prompt positions of row i inside this chunk
             acc.extend(lps[i, : max(0, n)].tolist())
-
-    def _sample(self, last, active, history, generated, gens) -> dict[int, int]:
-        rows = [last[i] for i in active]
-        logits = torch.stack(rows)
-        ps = [self.params[i] for i in active]
-        if any(p.repetition_penalty != 1.0 for p in ps):
-            logits = sampling.apply_repetition_penalty(
-                logits,
-                [history[i] for i in active],
-                torch.tensor([p.repetition_penalty for p in ps]),
-            )
-        if any(p.frequency_penalty or p.presence_penalty for p in ps):
-            logits = sampling.apply_frequency_presence_penalties(
-                logits,
-                [generated[i] for i in active],
-                torch.tensor([p.frequency_penalty for p in ps]),
-                torch.tensor([p.presence_penalty for p in ps]),
-            )
-        if any(p.logit_bias for p in ps):
-            logits = sampling.apply_logit_bias(logits, [p.logit_bias for p in ps])
-        nxt = sampling.sample_next(
-            logits,
-            temperature=torch.tensor([p.temperature for p in ps]),
-            top_k=torch.tensor([p.top_k for p in ps]),
-            top_p=torch.tensor([p.top_p for p in ps]),
-            min_p=torch.tensor([p.min_p for p in ps]),
-            generators=[gens[i] for i in active],
-        )
-        return dict(zip(active, nxt.tolist()))
-
-    def _event(self, i, tok, last, detok, stops, at_limit, done) -> TokenEvent:
-        p = self.params[i]
-        lp = top = None
-        if p.logprobs is not None:
-            logp = torch.log_softmax(last, -1)
-            lp = float(logp[tok])
-            if p.logprobs > 0:
-                vals, ids = torch.topk(logp, p.logprobs)
-                top = list(zip(ids.tolist(), vals.tolist()))
-        finish = None
-        if tok in stops:
-            text, finish = detok.flush(), "stop"
-        else:
-            text = detok.add(tok)
-            if detok.stopped:
-                finish = "stop"
-            elif at_limit:
-                text += detok.flush()
-                finish = "length"
-        if finish:
-            done[i] = True
-        return TokenEvent(i, tok, text, lp, top, finish)
 
 
 def generate(

@@ -111,6 +111,7 @@ class Llama:
         max_batch_size: int = 4,
         tokenizer_path: str | os.PathLike | None = None,
         seed: int = 1,
+        progress: bool = False,
     ) -> Llama:
         """Load a Meta directory, a Hugging Face directory or a GGUF file.
 
@@ -126,7 +127,9 @@ class Llama:
             raise InvalidRequestError(
                 f"max_seq_len must be at least 2, got {max_seq_len}", "use 2 or more"
             )
-        lm = load(path, device=device, dtype=dtype, tokenizer_path=tokenizer_path)
+        lm = load(
+            path, device=device, dtype=dtype, tokenizer_path=tokenizer_path, progress=progress
+        )
         if max_seq_len is None:
             max_seq_len = default_max_seq_len(
                 lm.checkpoint.args, max_batch_size, lm.dtype, lm.device

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 
 import torch
 
@@ -65,7 +66,9 @@ def build_model(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Transformer:
+    """Build the model; `on_bytes(n)` is told each tensor's size in `dtype` as it is materialised."""
     args = ckpt.args
     with torch.device("meta"):
         model = Transformer(args)
@@ -79,6 +82,8 @@ def build_model(
         src = ckpt.tensors[name]
         try:
             state[name] = src.load(dtype).to(device)
+            if on_bytes is not None:
+                on_bytes(state[name].numel() * state[name].element_size())
         except CheckpointError:
             raise
         except Exception as e:  # a short read inside a mapped file surfaces here

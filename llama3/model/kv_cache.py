@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..config import ModelArgs
+from .attention import causal_attention
 
 
 class KVCache:
@@ -44,3 +45,12 @@ class KVCache:
         ck[:bsz, :, start_pos:end] = k
         cv[:bsz, :, start_pos:end] = v
         return ck[:bsz, :, :end], cv[:bsz, :, :end]
+
+    def attend(
+        self, layer: int, start_pos: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """Store this step's k/v, then attend over everything cached for these rows."""
+        keys, values = self.update(
+            layer, start_pos, k.to(self.k[layer].dtype), v.to(self.v[layer].dtype)
+        )
+        return causal_attention(q, keys, values)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelArgs
+from .attention import causal_attention
 from .kv_cache import KVCache
 from .rope import apply_rope, inverse_frequencies, rope_cos_sin
 
@@ -56,24 +57,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # (bsz, heads, seqlen, head_dim) for SDPA
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(
-                self.layer_id, start_pos, k.to(cache.k[0].dtype), v.to(cache.v[0].dtype)
-            )
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        mask, causal = None, False
-        kv_len = k.shape[2]
-        if seqlen > 1:
-            if kv_len == seqlen:
-                causal = True
-            else:
-                # Query i sees every cached key plus the new keys up to itself.
-                kpos = torch.arange(kv_len, device=x.device)
-                qpos = torch.arange(kv_len - seqlen, kv_len, device=x.device)
-                mask = kpos[None, :] <= qpos[:, None]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads
-        )
+        if cache is None:
+            out = causal_attention(q, k, v)
+        else:
+            out = cache.attend(self.layer_id, start_pos, q, k, v)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
