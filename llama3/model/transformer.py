@@ -14,6 +14,7 @@ from torch import nn
 from ..config import ModelArgs
 from .attention import causal_attention
 from .kv_cache import KVCache
+from .paged_cache import PagedBatch
 from .rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 
@@ -48,7 +49,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         start_pos: int,
-        cache: KVCache | None,
+        cache: KVCache | PagedBatch | None,
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
@@ -83,7 +84,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
 
-    def forward(self, x, cos, sin, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self, x, cos, sin, start_pos: int, cache: KVCache | PagedBatch | None
+    ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -119,20 +122,27 @@ class Transformer(nn.Module):
         self,
         tokens: torch.Tensor,
         start_pos: int = 0,
-        cache: KVCache | None = None,
+        cache: KVCache | PagedBatch | None = None,
         *,
         last_only: bool = False,
+        positions: torch.Tensor | None = None,
+        logits_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (float32) for `tokens` (bsz, seqlen) placed at positions start_pos.. .
 
-        With `last_only`, only the last position's logits are computed: shape (bsz, 1, vocab).
+        `positions` overrides the positions per token (the engine's flat batches of several
+        sequences). Logits are computed for every position, only the last (`last_only`, shape
+        (bsz, 1, vocab)), or only at `logits_indices` along the sequence dim.
         """
         seqlen = tokens.shape[1]
         h = self.tok_embeddings(tokens)
-        positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
+        if positions is None:
+            positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
         cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
         for layer in self.layers:
             h = layer(h, cos, sin, start_pos, cache)
-        if last_only:
+        if logits_indices is not None:
+            h = h[:, logits_indices]
+        elif last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()

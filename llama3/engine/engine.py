@@ -1,0 +1,172 @@
+"""LLMEngine: continuous batching over a paged KV cache, one `step()` at a time.
+
+`add_request` queues a prompt with its `SamplingParams`; each `step()` schedules (decode tokens
+first, then prompt chunks), runs one forward pass, samples, and returns the token events produced;
+`abort` frees a request's blocks at once. Single-threaded: an async front end runs `step()` on a
+thread of its own and calls everything else through that thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidRequestError
+from ..generation.params import GenerationResult, SamplingParams, TokenEvent
+from ..generation.sequence_state import SequenceState, sample_next_tokens
+from ..model.paged_cache import PagedKVPool
+from ..model.transformer import Transformer
+from ..tokenizer.base import BaseTokenizer
+from ..utils.device import available_memory
+from .block_manager import BlockManager
+from .config import EngineConfig, cdiv, num_blocks_for_memory
+from .runner import ModelRunner
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+#: default share of free memory for the KV pool when no size is given
+KV_MEMORY_FRACTION = 0.25
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    event: TokenEvent
+
+
+def default_engine_config(
+    model: Transformer,
+    *,
+    max_num_seqs: int = 16,
+    max_model_len: int | None = None,
+    kv_cache_bytes: int | None = None,
+    block_size: int = 16,
+    max_num_batched_tokens: int = 512,
+) -> EngineConfig:
+    """Size the KV pool from free memory (or `kv_cache_bytes`), never past what max_num_seqs
+    sequences of max_model_len tokens could use."""
+    args = model.params
+    weight = model.tok_embeddings.weight
+    per_token = args.kv_bytes_per_token(weight.element_size())
+    budget = (
+        kv_cache_bytes
+        if kv_cache_bytes is not None
+        else int(available_memory(weight.device) * KV_MEMORY_FRACTION)
+    )
+    blocks = num_blocks_for_memory(budget, per_token, block_size)
+    model_len = max_model_len or min(args.max_position_embeddings, blocks * block_size)
+    blocks = min(blocks, max_num_seqs * cdiv(model_len, block_size))
+    return EngineConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max(max_num_batched_tokens, max_num_seqs),
+        block_size=block_size,
+        num_blocks=blocks,
+        max_model_len=model_len,
+    )
+
+
+class LLMEngine:
+    def __init__(
+        self, model: Transformer, tokenizer: BaseTokenizer, config: EngineConfig | None = None
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config or default_engine_config(model)
+        weight = model.tok_embeddings.weight
+        self.device = weight.device
+        self.block_manager = BlockManager(
+            self.config.num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.block_manager)
+        self.pool = PagedKVPool(
+            model.params,
+            self.config.num_blocks,
+            self.config.block_size,
+            device=self.device,
+            dtype=weight.dtype,
+        )
+        self.runner = ModelRunner(model, self.pool, self.block_manager)
+        self._ids = itertools.count()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.model_len
+
+    def add_request(
+        self, prompt: Seq[int], params: SamplingParams, request_id: str | None = None
+    ) -> str:
+        """Queue a tokenized prompt; returns its request id. Bad requests raise at once."""
+        if params.echo:
+            raise InvalidRequestError(
+                "echo is not supported by the serving engine", "drop echo", param="echo"
+            )
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        vocab = self.model.params.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
+                "check the prompt",
+                param="prompt",
+            )
+        room = self.max_model_len - len(prompt)
+        state = SequenceState(
+            0,
+            prompt,
+            params,
+            self.tokenizer,
+            max_new=min(params.max_tokens or room, max(room, 1)),
+            device=self.device,
+        )
+        self.scheduler.add(
+            Sequence(rid, list(prompt), max_tokens=params.max_tokens, sampling=state)
+        )
+        return rid
+
+    def abort(self, request_id: str) -> bool:
+        return self.scheduler.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    @torch.inference_mode()
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        logits = self.runner.run(out)
+        sampled = [s.seq for s in out.scheduled if s.sample]
+        states: list[SequenceState] = [seq.sampling for seq in sampled]
+        tokens = sample_next_tokens(states, logits) if sampled else []
+        outputs, new_tokens, stopped = [], {}, set()
+        for row, (seq, state, tok) in enumerate(zip(sampled, states, tokens)):
+            new_tokens[seq.seq_id] = tok
+            ev = state.accept(tok, logits[row])
+            outputs.append(RequestOutput(seq.seq_id, ev))
+            if ev.finish_reason == "stop":
+                stopped.add(seq.seq_id)
+        self.scheduler.postprocess(out, new_tokens, stopped)
+        return outputs
+
+    def generate(
+        self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]
+    ) -> list[GenerationResult]:
+        """Run prompts to completion through the continuous batch (tests, offline use)."""
+        ps = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, ps)]
+        results = {rid: GenerationResult(prompt_tokens=list(p)) for rid, p in zip(ids, prompts)}
+        for rid, sp in zip(ids, ps):
+            if sp.logprobs is not None:
+                results[rid].logprobs = []
+        while self.has_unfinished():
+            for o in self.step():
+                r, ev = results[o.request_id], o.event
+                r.tokens.append(ev.token)
+                r.text += ev.text
+                if r.logprobs is not None and ev.logprob is not None:
+                    r.logprobs.append(ev.logprob)
+                if ev.finish_reason:
+                    r.finish_reason = ev.finish_reason
+        return [results[rid] for rid in ids]

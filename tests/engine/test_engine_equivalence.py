@@ -1,0 +1,121 @@
+"""The continuous-batching engine gives, at temperature 0, exactly the tokens of running each request
+alone, whatever the batch, arrival times, chunking and preemption; seeded sampling does not depend
+on the batch either."""
+
+from __future__ import annotations
+
+import pytest
+
+from llama3 import Llama, SamplingParams
+from llama3.engine.config import EngineConfig
+from llama3.engine.engine import LLMEngine
+
+
+@pytest.fixture(scope="module")
+def llm(tiny):
+    return Llama.load(tiny.path("3.1", "meta"), max_seq_len=256, max_batch_size=1)
+
+
+PROMPTS = [
+    "Hi",
+    "A considerably longer prompt that will be split into several prefill chunks by the scheduler",
+    "Medium length prompt here",
+    # shares the long prompt's first blocks: a prefix-cache hit
+    "A considerably longer prompt that will be split into several prefill chunks by the scheduler, again",
+    "Another prompt with its own length",
+]
+
+
+def _alone(llm, prompt_ids, params):
+    return llm.complete([prompt_ids], params)[0]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        EngineConfig(
+            max_num_seqs=8,
+            max_num_batched_tokens=64,
+            block_size=16,
+            num_blocks=64,
+            max_model_len=256,
+        ),
+        # tiny blocks and budget: chunked prefill everywhere, and preemption when blocks run out
+        EngineConfig(
+            max_num_seqs=4, max_num_batched_tokens=8, block_size=4, num_blocks=24, max_model_len=64
+        ),
+    ],
+)
+def test_greedy_engine_equals_running_alone(llm, cfg):
+    engine = LLMEngine(llm.model, llm.tokenizer, cfg)
+    prompts = [llm.tokenizer.encode_prompt(p) for p in PROMPTS]
+    max_tokens = [12, 5, 20, 12, 9]
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in max_tokens]
+    # Staggered arrivals: two requests now, the rest while the first ones are decoding.
+    ids = [engine.add_request(prompts[0], params[0]), engine.add_request(prompts[1], params[1])]
+    got: dict[str, list[int]] = {}
+    pending = list(range(2, len(prompts)))
+    steps = 0
+    while engine.has_unfinished() or pending:
+        if pending and steps % 3 == 2:
+            i = pending.pop(0)
+            ids.append(engine.add_request(prompts[i], params[i]))
+        for o in engine.step():
+            got.setdefault(o.request_id, []).append(o.event.token)
+        steps += 1
+    for rid, p, sp in zip(ids, prompts, params):
+        want = _alone(llm, p, sp).tokens
+        assert got[rid] == want
+    assert engine.block_manager.num_free_blocks == cfg.num_blocks
+    assert engine.block_manager.prefix_hit_rate > 0
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(llm):
+    engine = LLMEngine(
+        llm.model,
+        llm.tokenizer,
+        EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, num_blocks=32, max_model_len=128),
+    )
+    p = SamplingParams(temperature=1.0, top_p=0.95, seed=11, max_tokens=10, ignore_eos=True)
+    ids = llm.tokenizer.encode_prompt("The weather today")
+    alone = engine.generate([ids], p)[0].tokens
+    other = SamplingParams(temperature=0.7, seed=5, max_tokens=14, ignore_eos=True)
+    batched = engine.generate(
+        [llm.tokenizer.encode_prompt("Some other request first"), ids], [other, p]
+    )[1].tokens
+    assert alone == batched == _alone(llm, ids, p).tokens
+
+
+def test_abort_frees_blocks_within_one_step(llm):
+    cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=32, num_blocks=32, max_model_len=128)
+    engine = LLMEngine(llm.model, llm.tokenizer, cfg)
+    rid = engine.add_request(
+        llm.tokenizer.encode_prompt("Abort me please"),
+        SamplingParams(temperature=0, max_tokens=50, ignore_eos=True),
+    )
+    engine.step()
+    assert engine.block_manager.num_free_blocks < cfg.num_blocks
+    assert engine.abort(rid)
+    assert engine.block_manager.num_free_blocks == cfg.num_blocks and not engine.has_unfinished()
+
+
+def test_real_model_engine_equals_alone(smollm2):
+    engine = LLMEngine(
+        smollm2.model,
+        smollm2.tokenizer,
+        EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, num_blocks=64, max_model_len=512),
+    )
+    dialogs = [
+        [{"role": "user", "content": q}]
+        for q in ("What is 2+2?", "Name a fruit.", "Say hello in French.")
+    ]
+    prompts = [smollm2.formatter.encode_dialog_prompt(d) for d in dialogs]
+    params = SamplingParams(temperature=0, max_tokens=24)
+    got = engine.generate(prompts, params)
+    for p, r in zip(prompts, got):
+        want = smollm2.complete([p], params)[0]
+        assert (
+            r.tokens == want.tokens
+            and r.text == want.text
+            and r.finish_reason == want.finish_reason
+        )
