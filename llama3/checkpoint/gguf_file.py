@@ -8,15 +8,16 @@ q/k in Meta's interleaved RoPE layout, so no permutation is needed here.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import ModelArgs
 from ..errors import CheckpointError
+from ..quant.gguf_blocks import dequantize
 from .loaded import LoadedCheckpoint, TensorSource
 from .names import gguf_to_meta
 
@@ -30,43 +31,39 @@ def is_gguf_file(path: Path) -> bool:
         return f.read(4) == GGUF_MAGIC
 
 
-def open_gguf(path: Path) -> Any:
-    import gguf
-
-    try:
-        # Copy-on-write mapping: same-dtype tensors become zero-copy writable torch views.
-        return gguf.GGUFReader(str(path), "c")
-    except Exception as e:  # the reader raises ValueError/struct errors/IndexError on bad files
-        raise CheckpointError(
-            f"cannot read GGUF file {path}: {type(e).__name__}: {e}",
-            "the file is truncated or corrupt; download or convert it again",
-        ) from None
-
-
-def gguf_metadata(reader: Any) -> dict[str, Any]:
-    """The key/value metadata as plain Python values (strings decoded, arrays as lists)."""
-    out: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        out[key] = field.contents()
-    return out
-
-
 def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
-    from ..quant.gguf_blocks import SUPPORTED_TYPES, type_name
+    from ..quant.gguf_blocks import SUPPORTED_TYPES, block_layout, type_name
+    from ..tokenizer.gguf_vocab import read_gguf_header
 
-    reader = open_gguf(path)
-    md = gguf_metadata(reader)
+    header = read_gguf_header(path)
+    md = header.metadata
     tokens = md.get("tokenizer.ggml.tokens")
     args = ModelArgs.from_gguf_metadata(md, n_vocab=len(tokens) if tokens else None)
+    size = path.stat().st_size
+    # One copy-on-write mapping of the whole file: same-dtype tensors become zero-copy views.
+    data = np.memmap(path, dtype=np.uint8, mode="c") if header.tensors else None
     tensors: dict[str, TensorSource] = {}
     freq_factors = None
-    for t in reader.tensors:
+    for t in header.tensors:
         # GGUF lists dims innermost first (ne[0] = columns); PyTorch wants them outermost first.
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = tuple(reversed(t.ne))
+        qtype = t.ggml_type
+        if qtype not in SUPPORTED_TYPES:
+            raise CheckpointError(
+                f"{path.name}: tensor {t.name} has type {type_name(qtype)}, which is not supported",
+                "re-quantize the model to F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or a K-quant (Q2_K-Q6_K)",
+            )
+        block, type_size = block_layout(qtype)
+        n_bytes = math.prod(t.ne) // block * type_size
+        if t.offset + n_bytes > size:
+            raise CheckpointError(
+                f"cannot read GGUF file {path}: tensor {t.name} ends at byte {t.offset + n_bytes} "
+                f"but the file has {size} bytes",
+                "the file is truncated or corrupt; download or convert it again",
+            )
+        raw = data[t.offset : t.offset + n_bytes]
         if t.name == "rope_freqs.weight":
-            freq_factors = torch.from_numpy(t.data.astype("float32").reshape(-1).copy())
+            freq_factors = dequantize(raw, qtype, shape).reshape(-1)
             continue
         name = gguf_to_meta(t.name)
         if name is None:
@@ -74,18 +71,12 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
                 f"{path.name} holds an unexpected tensor '{t.name}'",
                 "this is not a plain llama-architecture GGUF file",
             )
-        qtype = int(t.tensor_type)
-        if qtype not in SUPPORTED_TYPES:
-            raise CheckpointError(
-                f"{path.name}: tensor {t.name} has type {type_name(qtype)}, which is not supported",
-                "re-quantize the model to F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or a K-quant (Q2_K-Q6_K)",
-            )
         tensors[name] = TensorSource(
             shape,
-            _loader(path, t, qtype, shape),
+            _loader(path, t.offset, raw, qtype, shape),
             f"{path.name}:{t.name}",
             ggml_type=qtype,
-            raw=t.data,
+            raw=raw,
         )
     if "output.weight" not in tensors:
         args = args.replace(tie_word_embeddings=True)
@@ -101,24 +92,22 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
     )
 
 
-_NATIVE = {0: torch.float32, 1: torch.float16}  # ggml F32 / F16 as numpy gives them
+_NATIVE = {0: (torch.float32, np.float32), 1: (torch.float16, np.float16)}  # ggml F32 / F16
 
 
-def _loader(path: Path, t: Any, qtype: int, shape: tuple[int, ...]):
-    from ..quant.gguf_blocks import dequantize
-
+def _loader(path: Path, offset: int, raw: np.ndarray, qtype: int, shape: tuple[int, ...]):
     def load(dtype: torch.dtype) -> torch.Tensor:
-        if _NATIVE.get(qtype) == dtype:
-            return torch.from_numpy(t.data).view(shape)  # a view of the mapped file, no copy
+        native = _NATIVE.get(qtype)
+        if native is not None and native[0] == dtype:
+            return torch.from_numpy(raw.view(native[1])).view(shape)  # a view of the mapping
         # A conversion reads the bytes with pread, so the source pages never stay mapped (and
         # resident) beside the converted tensor.
-        buf = bytearray(int(t.n_bytes))
+        buf = bytearray(raw.nbytes)
         with open(path, "rb") as f:
-            got = os.preadv(f.fileno(), [buf], int(t.data_offset))
+            got = os.preadv(f.fileno(), [buf], offset)
         if got != len(buf):
             raise CheckpointError(
-                f"{path.name}: tensor {t.name} ends early",
-                "the file is truncated; download it again",
+                f"{path.name}: a tensor ends early", "the file is truncated; download it again"
             )
         return dequantize(np.frombuffer(buf, dtype=np.uint8), qtype, shape, dtype=dtype)
 

@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -93,17 +94,33 @@ class _Cursor:
         return self.unpack(fmt)
 
 
-def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The key/value metadata of a GGUF file as Python values (strings decoded, arrays as lists).
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    name: str
+    #: dims in ggml order (ne[0], the innermost, first)
+    ne: tuple[int, ...]
+    ggml_type: int
+    #: absolute byte offset of the tensor's data in the file
+    offset: int
 
-    Reads only the header, not the tensor-info table or the tensors, so it costs well under a
-    second even for a 128K vocabulary (`gguf.GGUFReader` takes seconds to index every field).
-    Values equal `GGUFReader(path).fields[key].contents()`.
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    metadata: dict[str, Any]
+    tensors: list[GGUFTensorInfo]
+    byte_order: str
+
+
+def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
+    """Metadata and the tensor-info table of a GGUF file, without touching the tensor data.
+
+    Well under a second even for a 128K vocabulary (`gguf.GGUFReader` takes many seconds to index
+    every field). Metadata values equal `GGUFReader(path).fields[key].contents()`.
     """
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            return _read_metadata(f, p)
+            return _read_header(f, p)
     except FileNotFoundError:
         raise CheckpointError(f"GGUF file not found: {p}", hint="check the path") from None
     except IsADirectoryError:
@@ -114,7 +131,12 @@ def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {p}: {e.strerror}", hint="check the path") from None
 
 
-def _read_metadata(f: BinaryIO, p: Path) -> dict[str, Any]:
+def read_gguf_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The key/value metadata of a GGUF file as Python values (strings decoded, arrays as lists)."""
+    return read_gguf_header(path).metadata
+
+
+def _read_header(f: BinaryIO, p: Path) -> GGUFHeader:
     if f.read(4) != GGUF_MAGIC:
         raise UnsupportedFormatError(
             f"{p} is not a GGUF file (no GGUF magic)",
@@ -131,13 +153,22 @@ def _read_metadata(f: BinaryIO, p: Path) -> dict[str, Any]:
                 f"{p} is GGUF version {version}; only versions 2 and 3 are supported",
                 hint="convert it again with a current llama.cpp convert_hf_to_gguf.py",
             )
-        cur.unpack("Q")  # tensor count
+        n_tensors = cur.unpack("Q")
         kv_count = cur.unpack("Q")
         metadata: dict[str, Any] = {}
         for _ in range(kv_count):
             key = cur.string()
             metadata[key] = cur.value(cur.unpack("I"))
-        return metadata
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.unpack("I")
+            ne = tuple(cur.unpack("Q") for _ in range(n_dims))
+            infos.append((name, ne, cur.unpack("I"), cur.unpack("Q")))
+        align = int(metadata.get("general.alignment", 32))
+        data_start = -(-cur.pos // align) * align
+        tensors = [GGUFTensorInfo(n, ne, t, data_start + off) for n, ne, t, off in infos]
+        return GGUFHeader(metadata, tensors, cur.order)
 
 
 # ---- pre-tokenizers (llama.cpp src/llama-vocab.cpp, llm_tokenizer_bpe) ----------------------------
