@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InvalidRequestError
 from ..generation.params import GenerationResult, SamplingParams, TokenEvent
-from ..generation.sequence_state import SequenceState, sample_next_tokens
+from ..generation.sequence_state import SequenceState, sample_next_tokens, validate_prompt
 from ..model.paged_cache import PagedKVPool
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
@@ -103,14 +103,7 @@ class LLMEngine:
                 "echo is not supported by the serving engine", "drop echo", param="echo"
             )
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
-        vocab = self.model.params.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(
-                f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
-                "check the prompt",
-                param="prompt",
-            )
+        validate_prompt(prompt, self.model.params.vocab_size, self.max_model_len)
         room = self.max_model_len - len(prompt)
         state = SequenceState(
             0,

@@ -13,12 +13,12 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..errors import ContextLengthExceeded, InvalidRequestError
+from ..errors import InvalidRequestError
 from ..model.kv_cache import KVCache
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
 from .params import GenerationResult, SamplingParams, TokenEvent
-from .sequence_state import SequenceState, sample_next_tokens
+from .sequence_state import SequenceState, sample_next_tokens, validate_prompt
 
 
 class BatchGeneration:
@@ -45,19 +45,7 @@ class BatchGeneration:
             )
         vocab = model.params.vocab_size
         for p in prompts:
-            if len(p) == 0:
-                raise InvalidRequestError(
-                    "a prompt is empty", "give at least one token or character", param="prompt"
-                )
-            if len(p) >= max_seq_len:
-                raise ContextLengthExceeded(len(p), max_seq_len)
-            bad = [t for t in p if not 0 <= t < vocab]
-            if bad:
-                raise InvalidRequestError(
-                    f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
-                    "check the prompt token ids",
-                    param="prompt",
-                )
+            validate_prompt(p, vocab, max_seq_len)
         self.model, self.tokenizer = model, tokenizer
         self.prompts = [list(p) for p in prompts]
         self.params = list(params)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import ContextLengthExceeded, InvalidRequestError
 from ..tokenizer.base import BaseTokenizer
 from ..tokenizer.streaming import IncrementalDetokenizer
 from . import sampling
@@ -25,6 +26,23 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
     return g
+
+
+def validate_prompt(prompt: Sequence[int], vocab_size: int, max_len: int) -> None:
+    """Raise the typed error for an empty prompt, one that fills the context, or a bad token id."""
+    if len(prompt) == 0:
+        raise InvalidRequestError(
+            "a prompt is empty", "give at least one token or character", param="prompt"
+        )
+    if len(prompt) >= max_len:
+        raise ContextLengthExceeded(len(prompt), max_len)
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})",
+            "check the prompt token ids",
+            param="prompt",
+        )
 
 
 class SequenceState:
