@@ -52,3 +52,47 @@ def test_missing_model_is_one_line_error():
 def test_bad_flag_value_is_usage_error(tiny):
     r = run("generate", "--model", str(tiny.path("3.0", "hf")), "hi", "--temperature", "-3")
     assert r.returncode == 2 and r.stderr.startswith("error: temperature must be between 0 and 100")
+
+
+def test_hub_id_resolves_from_the_local_cache_only(tiny, tmp_path, monkeypatch):
+    """`--model org/name` uses a snapshot already in the HF cache and never downloads."""
+    import os
+    import shutil
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--meta-llama--Tiny-Llama-3" / "snapshots" / "abc123"
+    shutil.copytree(tiny.path("3.0", "hf"), snap)
+    (cache / "models--meta-llama--Tiny-Llama-3" / "refs").mkdir()
+    (cache / "models--meta-llama--Tiny-Llama-3" / "refs" / "main").write_text("abc123")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache)}
+    args = [
+        "generate",
+        "--model",
+        "meta-llama/Tiny-Llama-3",
+        "Hello",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "3",
+        "--json",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "llama3", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["prompt_tokens"][0] == 128000
+    args[2] = "meta-llama/Not-Downloaded"
+    r = subprocess.run(
+        [sys.executable, "-m", "llama3", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert r.returncode == 1
+    assert "neither a local path nor in the Hugging Face cache" in r.stderr
+    assert "llama3 download meta-llama/Not-Downloaded" in r.stderr
