@@ -6,6 +6,7 @@ fixtures registered below; the real SmolLM2 model is loaded once per session.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -18,6 +19,48 @@ TOKENIZER_MODEL = SHARED_LLAMA3 / "tokenizer.model"
 HF_TOKENIZER_JSON = SHARED_LLAMA3 / "hf-llama3-tokenizer.json"
 HF_TOKENIZER_CONFIG_30 = SHARED_LLAMA3 / "hf-llama3-tokenizer_config.json"
 HF_TOKENIZER_CONFIG_31 = SHARED_LLAMA3 / "hf-llama3.1-tokenizer_config.json"
+
+# Meta's split pattern (meta-llama/llama3 llama/tokenizer.py, SEEDS §1.6), written out here so the
+# oracles below share no code with the package.
+META_PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Llama 3.1 special-token names by id offset from 128000 (llama-models; SEEDS §1.6 table).
+NAMES_31 = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+] + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)]
+SPECIALS_31 = {name: 128000 + i for i, name in enumerate(NAMES_31)}
+
+
+@functools.cache
+def _bpe_ranks() -> dict[bytes, int]:
+    from tiktoken.load import load_tiktoken_bpe
+
+    return load_tiktoken_bpe(str(TOKENIZER_MODEL))
+
+
+def tiktoken_oracle(special_tokens: dict[str, int] | None = None):
+    """Plain tiktoken over the real tokenizer.model with Meta's pattern (the file is read once)."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        "llama3-oracle",
+        pat_str=META_PAT_STR,
+        mergeable_ranks=_bpe_ranks(),
+        special_tokens=special_tokens or {},
+    )
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

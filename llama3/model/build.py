@@ -78,6 +78,7 @@ def build_model(
     check_tensors(ckpt, expected)
 
     state: dict[str, torch.Tensor] = {}
+    on_cpu = torch.device(device).type == "cpu"
     for name in expected:
         src = ckpt.tensors[name]
         try:
@@ -91,7 +92,7 @@ def build_model(
                 f"cannot read tensor {src.origin}: {type(e).__name__}: {e}",
                 "the file is truncated or corrupt; download it again",
             ) from None
-        if device.type == "cpu" if isinstance(device, torch.device) else str(device) == "cpu":
+        if on_cpu:
             _malloc_trim()
     if args.tie_word_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]

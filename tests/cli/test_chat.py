@@ -96,7 +96,9 @@ def test_set_save_load(child, tmp_path):
     child.expect("saved 2 messages")
     child.expect("> ")
     saved = json.loads(f.read_text())
-    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[0]["content"] == "Name a colour."
+    assert [m["role"] for m in saved] == ["user", "assistant"] and saved[0][
+        "content"
+    ] == "Name a colour."
     child.sendline("/reset")
     child.expect("> ")
     child.sendline(f"/load {f}")
@@ -138,7 +140,19 @@ def test_ctrl_c_stops_the_answer_and_keeps_the_session():
 def test_context_overflow_drops_oldest_turns_with_a_notice():
     c = pexpect.spawn(
         sys.executable,
-        ["-m", "llama3", "chat", "--max-seq-len", "256", "--temperature", "0", "--max-tokens", "40", "--system", "Be brief."],
+        [
+            "-m",
+            "llama3",
+            "chat",
+            "--max-seq-len",
+            "256",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "--system",
+            "Be brief.",
+        ],
         encoding="utf-8",
         timeout=120,
     )

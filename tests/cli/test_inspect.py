@@ -21,12 +21,13 @@ from pathlib import Path
 import factory
 import pytest
 import torch
-from conftest import HF_TOKENIZER_CONFIG_30, HF_TOKENIZER_JSON, TOKENIZER_MODEL
-
-META_PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from conftest import (
+    HF_TOKENIZER_CONFIG_30,
+    HF_TOKENIZER_JSON,
+    SPECIALS_31,
+    tiktoken_oracle,
 )
+
 TEXT = "Hello, world! <|eot_id|> 12345 ünïcödé 🦙\n\ttabs  end"
 # Meta's Llama 3 chat layout for doctor.EXAMPLE_DIALOG (the model card's prompt format)
 LLAMA3_EXAMPLE = (
@@ -518,17 +519,7 @@ def test_gguf_embedding_rows_match_the_gguf_package(qtype):
 
 # ---- tokenize ------------------------------------------------------------------------------------
 def _tiktoken(special: bool) -> list[int]:
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>"]
-    names += ["<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>"]
-    names += ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>"]
-    specials = {n: len(ranks) + i for i, n in enumerate(names)}
-    enc = tiktoken.Encoding(
-        "llama3", pat_str=META_PAT_STR, mergeable_ranks=ranks, special_tokens=specials
-    )
+    enc = tiktoken_oracle(SPECIALS_31)
     body = enc.encode(TEXT, allowed_special="all") if special else enc.encode_ordinary(TEXT)
     return [128000, *body]
 

@@ -13,8 +13,8 @@ from conftest import (
     HF_TOKENIZER_CONFIG_31,
     HF_TOKENIZER_JSON,
     TOKENIZER_MODEL,
+    tiktoken_oracle,
 )
-from tiktoken.load import load_tiktoken_bpe
 
 from llama3.errors import InvalidRequestError, TokenizerError
 from llama3.tokenizer.base import BaseTokenizer
@@ -74,12 +74,7 @@ def fmt(tok) -> ChatFormat:
 
 @pytest.fixture(scope="module")
 def plain(shared_llama3) -> tiktoken.Encoding:
-    pat = (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-    )
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    return tiktoken.Encoding("plain", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+    return tiktoken_oracle()
 
 
 @pytest.fixture(scope="module")

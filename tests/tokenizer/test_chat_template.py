@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import tiktoken
-from conftest import HF_TOKENIZER_CONFIG_30, HF_TOKENIZER_CONFIG_31, TOKENIZER_MODEL
-from tiktoken.load import load_tiktoken_bpe
+from conftest import (
+    HF_TOKENIZER_CONFIG_30,
+    HF_TOKENIZER_CONFIG_31,
+    SPECIALS_31,
+    TOKENIZER_MODEL,
+    tiktoken_oracle,
+)
 from transformers import PreTrainedTokenizerFast
 
 from llama3.errors import InvalidRequestError, TokenizerError
@@ -19,7 +24,7 @@ from llama3.tokenizer import chat_formatter
 from llama3.tokenizer.chat_template import JinjaChatFormat
 from llama3.tokenizer.hf import HFTokenizer
 
-from .test_hf_tokenizer import META_PAT, NAMES_31, _tokenizer_json_31, make_hf_dir
+from .test_hf_tokenizer import _tokenizer_json_31, make_hf_dir
 
 DIALOGS = [
     [
@@ -42,11 +47,7 @@ DATE = {"date_string": "26 Jul 2024"}
 
 @pytest.fixture(scope="module")
 def enc(shared_llama3: Path) -> tiktoken.Encoding:
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    specials = {name: len(ranks) + i for i, name in enumerate(NAMES_31)}
-    return tiktoken.Encoding(
-        "llama3", pat_str=META_PAT, mergeable_ranks=ranks, special_tokens=specials
-    )
+    return tiktoken_oracle(SPECIALS_31)
 
 
 @pytest.fixture(scope="module", params=["3.0", "3.1"])

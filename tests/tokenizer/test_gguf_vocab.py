@@ -12,15 +12,20 @@ import gguf
 import numpy as np
 import pytest
 import tiktoken
-from conftest import HF_TOKENIZER_CONFIG_31, HF_TOKENIZER_JSON, TOKENIZER_MODEL
-from tiktoken.load import load_tiktoken_bpe
+from conftest import (
+    HF_TOKENIZER_CONFIG_31,
+    HF_TOKENIZER_JSON,
+    NAMES_31,
+    SPECIALS_31,
+    tiktoken_oracle,
+)
 
 from llama3.errors import CheckpointError, TokenizerError, UnsupportedFormatError
 from llama3.tokenizer import chat_formatter, load_tokenizer
 from llama3.tokenizer.chat_template import JinjaChatFormat
 from llama3.tokenizer.gguf_vocab import GGUFTokenizer, read_gguf_metadata, tokenizer_from_gguf
 
-from .test_hf_tokenizer import ALL_TEXTS, META_PAT, NAMES_31
+from .test_hf_tokenizer import ALL_TEXTS
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -262,11 +267,7 @@ def test_sentencepiece_gguf_equals_sentencepiece(spm_pair) -> None:
 # ---- Llama 3 vocabulary written as GGUF ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def enc(shared_llama3: Path) -> tiktoken.Encoding:
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    specials = {name: len(ranks) + i for i, name in enumerate(NAMES_31)}
-    return tiktoken.Encoding(
-        "llama3", pat_str=META_PAT, mergeable_ranks=ranks, special_tokens=specials
-    )
+    return tiktoken_oracle(SPECIALS_31)
 
 
 @pytest.fixture(scope="module")

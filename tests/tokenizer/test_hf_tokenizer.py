@@ -14,35 +14,17 @@ from conftest import (
     HF_TOKENIZER_CONFIG_30,
     HF_TOKENIZER_CONFIG_31,
     HF_TOKENIZER_JSON,
+    NAMES_31,
+    SPECIALS_31,
     TOKENIZER_MODEL,
+    tiktoken_oracle,
 )
-from tiktoken.load import load_tiktoken_bpe
 from tokenizers import Tokenizer as HFLibTokenizer
 from tokenizers import processors
 
 from llama3.errors import InvalidRequestError, TokenizerError
 from llama3.tokenizer import BaseTokenizer, load_tokenizer
 from llama3.tokenizer.hf import HFTokenizer
-
-# Meta's split pattern (meta-llama/llama3 llama/tokenizer.py, SEEDS §1.6).
-META_PAT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Llama 3.1 special-token names by id offset (llama-models; SEEDS §1.6 table).
-NAMES_31 = [
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|reserved_special_token_0|>",
-    "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>",
-    "<|step_id|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eom_id|>",
-    "<|eot_id|>",
-    "<|python_tag|>",
-] + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)]
 
 TEXTS = [
     "This is a test sentence.",
@@ -79,11 +61,7 @@ ALL_TEXTS = TEXTS + _fuzz_texts()
 
 @pytest.fixture(scope="module")
 def tiktoken_enc(shared_llama3: Path) -> tiktoken.Encoding:
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    specials = {name: len(ranks) + i for i, name in enumerate(NAMES_31)}
-    return tiktoken.Encoding(
-        "llama3", pat_str=META_PAT, mergeable_ranks=ranks, special_tokens=specials
-    )
+    return tiktoken_oracle(SPECIALS_31)
 
 
 def _tokenizer_json_31() -> dict:

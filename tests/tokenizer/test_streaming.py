@@ -8,8 +8,7 @@ from collections.abc import Sequence
 import pytest
 import tiktoken
 import tokenizers
-from conftest import HF_TOKENIZER_JSON, TOKENIZER_MODEL
-from tiktoken.load import load_tiktoken_bpe
+from conftest import HF_TOKENIZER_JSON, TOKENIZER_MODEL, tiktoken_oracle
 
 from llama3.errors import InvalidRequestError
 from llama3.tokenizer.base import BaseTokenizer
@@ -27,13 +26,8 @@ def tok(shared_llama3) -> Tokenizer:
 @pytest.fixture(scope="module")
 def plain(shared_llama3) -> tiktoken.Encoding:
     """Independent oracle: tiktoken over the same file (specials 128000.. by their 3.1 ids)."""
-    pat = (
-        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-    )
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
     specials = {"<|begin_of_text|>": BOS, "<|eot_id|>": EOT, "<|reserved_special_token_0|>": 128002}
-    return tiktoken.Encoding("plain", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+    return tiktoken_oracle(specials)
 
 
 class HFVocab(BaseTokenizer):

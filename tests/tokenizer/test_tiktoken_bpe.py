@@ -11,7 +11,13 @@ import random
 import pytest
 import tiktoken
 import tokenizers
-from conftest import HF_TOKENIZER_CONFIG_31, HF_TOKENIZER_JSON, TOKENIZER_MODEL
+from conftest import (
+    HF_TOKENIZER_CONFIG_31,
+    HF_TOKENIZER_JSON,
+    META_PAT_STR,
+    TOKENIZER_MODEL,
+    tiktoken_oracle,
+)
 from tiktoken.load import load_tiktoken_bpe
 
 from llama3.errors import InvalidRequestError, TokenizerError
@@ -19,10 +25,6 @@ from llama3.tokenizer import tiktoken_bpe
 from llama3.tokenizer.tiktoken_bpe import Tokenizer
 
 # SEEDS.md §1.6, Meta's `pat_str` as published
-META_PAT_STR = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 TEXTS = [
     "",
@@ -70,12 +72,9 @@ def tok(shared_llama3) -> Tokenizer:
 @pytest.fixture(scope="module")
 def plain(shared_llama3) -> tiktoken.Encoding:
     """tiktoken's own loader and Meta's published pattern, with no code of ours."""
-    ranks = load_tiktoken_bpe(str(TOKENIZER_MODEL))
-    specials = {f"<|special_{i}|>": len(ranks) + i for i in range(256)}
+    specials = {f"<|special_{i}|>": 128000 + i for i in range(256)}
     specials["<|eot_id|>"] = specials.pop("<|special_9|>")
-    return tiktoken.Encoding(
-        "plain", pat_str=META_PAT_STR, mergeable_ranks=ranks, special_tokens=specials
-    )
+    return tiktoken_oracle(specials)
 
 
 @pytest.fixture(scope="module")
