@@ -109,7 +109,11 @@ class ChatSession:
     def recount(self) -> None:
         """Context used by the conversation as it stands (after /reset, /load, /system)."""
         fmt = self.llm.formatter
-        ids = fmt.encode_dialog_prompt(self.messages, add_generation_prompt=False) if self.messages else []
+        ids = (
+            fmt.encode_dialog_prompt(self.messages, add_generation_prompt=False)
+            if self.messages
+            else []
+        )
         self.stats.context = len(ids)
 
     def _cmd_reset(self, _: str) -> None:

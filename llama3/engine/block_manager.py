@@ -64,6 +64,14 @@ class BlockManager:
         """Prompt tokens served from the cache / prompt tokens looked up, over all allocations."""
         return self._hit_tokens / self._queried_tokens if self._queried_tokens else 0.0
 
+    @property
+    def queried_tokens(self) -> int:
+        return self._queried_tokens
+
+    @property
+    def hit_tokens(self) -> int:
+        return self._hit_tokens
+
     def ref_count(self, block_id: int) -> int:
         return self._ref[block_id]
 

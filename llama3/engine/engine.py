@@ -31,6 +31,20 @@ from .sequence import Sequence
 KV_MEMORY_FRACTION = 0.25
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_blocks: int
+    num_free_blocks: int
+    #: share of KV blocks held by unfinished requests (cached free blocks count as free)
+    kv_cache_usage: float
+    prefix_cache_hit_rate: float
+    #: prompt tokens looked up in / served from the prefix cache since the start
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
+
+
 @dataclass(slots=True)
 class RequestOutput:
     request_id: str
@@ -94,10 +108,11 @@ class LLMEngine:
     def max_model_len(self) -> int:
         return self.config.model_len
 
-    def add_request(
+    def make_sequence(
         self, prompt: Seq[int], params: SamplingParams, request_id: str | None = None
-    ) -> str:
-        """Queue a tokenized prompt; returns its request id. Bad requests raise at once."""
+    ) -> Sequence:
+        """Validate a request and build its `Sequence` without queueing it. Thread-safe: an async
+        front end calls it on its own thread, so bad requests fail there, at once."""
         if params.echo:
             raise InvalidRequestError(
                 "echo is not supported by the serving engine", "drop echo", param="echo"
@@ -113,13 +128,41 @@ class LLMEngine:
             max_new=min(params.max_tokens or room, max(room, 1)),
             device=self.device,
         )
-        self.scheduler.add(
-            Sequence(rid, list(prompt), max_tokens=params.max_tokens, sampling=state)
+        return Sequence(rid, list(prompt), max_tokens=params.max_tokens, sampling=state)
+
+    def add_sequence(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def add_request(
+        self, prompt: Seq[int], params: SamplingParams, request_id: str | None = None
+    ) -> str:
+        """Queue a tokenized prompt; returns its request id. Bad requests raise at once."""
+        seq = self.make_sequence(prompt, params, request_id)
+        self.scheduler.add(seq)
+        return str(seq.seq_id)
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_blocks=bm.num_blocks,
+            num_free_blocks=bm.num_free_blocks,
+            kv_cache_usage=bm.usage,
+            prefix_cache_hit_rate=bm.prefix_hit_rate,
+            prefix_cache_queried_tokens=bm.queried_tokens,
+            prefix_cache_hit_tokens=bm.hit_tokens,
         )
-        return rid
 
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id)
+
+    def abort_all(self) -> list[str]:
+        """Abort every unfinished request; returns their ids."""
+        ids = self.scheduler.unfinished_ids()
+        for rid in ids:
+            self.scheduler.abort(rid)
+        return [str(i) for i in ids]
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished

@@ -127,6 +127,9 @@ class Scheduler:
     def abort(self, seq_id: SeqId) -> bool:
         return self.finish(seq_id, SequenceStatus.FINISHED_ABORTED)
 
+    def unfinished_ids(self) -> list[SeqId]:
+        return list(self._seqs)
+
     # ---- metrics -------------------------------------------------------------------------------
     @property
     def num_running(self) -> int:

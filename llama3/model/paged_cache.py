@@ -27,8 +27,10 @@ class PagedKVPool:
     ) -> None:
         slots = num_blocks * block_size
         shape = (slots, args.kv_heads, args.head_dim)  # one row per token slot
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        # empty, not zeros: attention only gathers slots that were written, and untouched pages of
+        # a large pool cost no resident memory on CPU until a request reaches them.
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
 
     @staticmethod

@@ -1,0 +1,409 @@
+"""The OpenAI routes: /v1/chat/completions, /v1/completions, /v1/models, and /tokenize, /detokenize.
+
+A handler validates (pydantic, then cross-field rules), turns the body into prompt ids and one
+`SamplingParams` per choice, submits a `Run`, and either streams server-sent events or collects
+the choices into one response. A client that disconnects aborts its sequences (the stream is
+cancelled, or a watcher notices the closed connection while a non-streamed answer is computed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import InvalidRequestError
+from .errors import APIError, error_body
+from .metrics import Metrics
+from .openai_format import CompletionLogprobs, Envelope, TokenText, chat_logprob, sse, usage
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from .run import Run, check_room
+from .state import ServerState
+
+router = APIRouter()
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _ctx(request: Request) -> tuple[ServerState, Metrics]:
+    return request.app.state.server, request.app.state.metrics
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    # OpenAI's "developer" role is the system role under another name.
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in body.messages
+    ]
+
+
+async def _until_disconnect(request: Request, work: Awaitable[Response], run: Run) -> Response:
+    """Compute a non-streamed answer, abandoning it if the client closes the connection."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        run.close("aborted (client went away)")
+        return Response(status_code=499)
+    finally:
+        watch.cancel()
+        task.cancel()
+
+
+def _stop_ids(state: ServerState) -> set[int]:
+    assert state.tokenizer is not None
+    return set(state.tokenizer.stop_tokens)
+
+
+# ---- chat ------------------------------------------------------------------------------------------
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state, metrics = _ctx(request)
+    engine = state.require_engine()
+    state.check_model(body.model)
+    body.check()
+    assert state.tokenizer is not None
+    prompt = state.formatter.encode_dialog_prompt(_messages(body))
+    check_room(len(prompt), body.token_limit, engine.max_model_len)
+    params = [
+        body.sampling_params(
+            max_tokens=body.token_limit,
+            logprobs=body.num_logprobs,
+            vocab_size=state.tokenizer.n_words,
+            choice=j,
+        )
+        for j in range(body.n)
+    ]
+    rid = _new_id("chatcmpl")
+    run = Run(
+        engine,
+        metrics,
+        rid,
+        [prompt] * body.n,
+        params,
+        max_queue=state.config.max_queue,
+        timeout=state.config.request_timeout,
+        user=body.user,
+    )
+    run.submit()
+    env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+    if body.stream:
+        return StreamingResponse(
+            _chat_stream(run, body, env, state), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    return await _until_disconnect(request, _chat_response(run, body, env, state), run)
+
+
+async def _chat_response(
+    run: Run, body: ChatCompletionRequest, env: Envelope, state: ServerState
+) -> Response:
+    assert state.tokenizer is not None
+    tt, stops = TokenText(state.tokenizer), _stop_ids(state)
+    texts = [""] * body.n
+    finish: list[str | None] = [None] * body.n
+    lps: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
+    try:
+        async for j, out in run.events():
+            ev = out.event
+            texts[j] += ev.text
+            if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
+                lps[j].append(chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs))
+            if ev.finish_reason:
+                finish[j] = ev.finish_reason
+    finally:
+        run.close()
+    choices = [
+        {
+            "index": j,
+            "message": {"role": "assistant", "content": texts[j]},
+            "logprobs": {"content": lps[j]} if body.logprobs else None,
+            "finish_reason": finish[j],
+        }
+        for j in range(body.n)
+    ]
+    return JSONResponse(
+        env.wrap("chat.completion", choices, usage=usage(run.prompt_tokens, run.completion_tokens)),
+        headers={"X-Request-Id": run.id},
+    )
+
+
+def _is_stop(ev: Any, stops: set[int], body: Any) -> bool:
+    """The model's own stop token ends the answer but is not part of it (no text, no logprob)."""
+    return ev.finish_reason == "stop" and not ev.text and ev.token in stops and not body.ignore_eos
+
+
+async def _chat_stream(
+    run: Run, body: ChatCompletionRequest, env: Envelope, state: ServerState
+) -> AsyncIterator[bytes]:
+    assert state.tokenizer is not None
+    tt, stops = TokenText(state.tokenizer), _stop_ids(state)
+    extra: dict[str, Any] = {"usage": None} if body.include_usage else {}
+
+    def chunk(j: int, delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> bytes:
+        c = {"index": j, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return sse(env.wrap("chat.completion.chunk", [c], **extra))
+
+    try:
+        for j in range(body.n):
+            yield chunk(j, {"role": "assistant", "content": ""})
+        async for j, out in run.events():
+            ev = out.event
+            lp = None
+            if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
+                lp = {"content": [chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs)]}
+            if ev.text or lp:
+                yield chunk(j, {"content": ev.text}, lp)
+            if ev.finish_reason:
+                yield chunk(j, {}, None, ev.finish_reason)
+        if body.include_usage:
+            u = usage(run.prompt_tokens, run.completion_tokens)
+            yield sse(env.wrap("chat.completion.chunk", [], usage=u))
+        yield sse("[DONE]")
+    except APIError as e:
+        run.close(run.outcome if run.outcome != "ok" else f"error {e.status}")
+        yield sse(error_body(e.status, e.message, e.param, e.code))
+        yield sse("[DONE]")
+    finally:
+        run.close()
+
+
+# ---- completions -----------------------------------------------------------------------------------
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    state, metrics = _ctx(request)
+    engine = state.require_engine()
+    state.check_model(body.model)
+    body.check()
+    tok = state.tokenizer
+    assert tok is not None
+    if body.echo and body.logprobs is not None:
+        raise InvalidRequestError(
+            "echo together with logprobs (prompt logprobs) is not supported by the server yet",
+            "drop one of them; `llama3 generate --echo --logprobs` computes prompt logprobs",
+            param="echo",
+        )
+    prompts: list[list[int]] = []
+    texts: list[str] = []
+    for i, p in enumerate(body.prompts()):
+        ids = tok.encode_prompt(p) if isinstance(p, str) else p
+        if not ids:
+            raise InvalidRequestError(
+                f"prompt {i} is empty", "give at least one character or token", param="prompt"
+            )
+        if isinstance(p, list):
+            bad = [t for t in p if not 0 <= t < tok.n_words]
+            if bad:
+                raise InvalidRequestError(
+                    f"token id {bad[0]} in prompt {i} is outside the vocabulary "
+                    f"(0..{tok.n_words - 1})",
+                    "check the prompt token ids",
+                    param="prompt",
+                )
+        check_room(len(ids), body.max_tokens, engine.max_model_len)
+        prompts.append(ids)
+        texts.append(p if isinstance(p, str) else tok.decode(p))
+    all_prompts = [prompts[i] for i in range(len(prompts)) for _ in range(body.n)]
+    params = [
+        body.sampling_params(
+            max_tokens=body.max_tokens,
+            logprobs=body.logprobs,
+            vocab_size=tok.n_words,
+            choice=j,
+        )
+        for _ in prompts
+        for j in range(body.n)
+    ]
+    rid = _new_id("cmpl")
+    run = Run(
+        engine,
+        metrics,
+        rid,
+        all_prompts,
+        params,
+        max_queue=state.config.max_queue,
+        timeout=state.config.request_timeout,
+        user=body.user,
+    )
+    run.submit()
+    env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+    echoes = [texts[c // body.n] if body.echo else "" for c in range(len(all_prompts))]
+    if body.stream:
+        return StreamingResponse(
+            _completion_stream(run, body, env, state, echoes),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    return await _until_disconnect(
+        request, _completion_response(run, body, env, state, echoes), run
+    )
+
+
+async def _completion_response(
+    run: Run, body: CompletionRequest, env: Envelope, state: ServerState, echoes: list[str]
+) -> Response:
+    assert state.tokenizer is not None
+    tt, stops = TokenText(state.tokenizer), _stop_ids(state)
+    n = len(echoes)
+    texts = list(echoes)
+    finish: list[str | None] = [None] * n
+    lps = [CompletionLogprobs() for _ in range(n)]
+    try:
+        async for j, out in run.events():
+            ev = out.event
+            if (
+                body.logprobs is not None
+                and ev.logprob is not None
+                and not _is_stop(ev, stops, body)
+            ):
+                lps[j].add(
+                    tt, ev.token, ev.logprob, ev.top_logprobs, len(texts[j]), body.logprobs > 0
+                )
+            texts[j] += ev.text
+            if ev.finish_reason:
+                finish[j] = ev.finish_reason
+    finally:
+        run.close()
+    choices = [
+        {
+            "index": j,
+            "text": texts[j],
+            "logprobs": lps[j].as_dict() if body.logprobs is not None else None,
+            "finish_reason": finish[j],
+        }
+        for j in range(n)
+    ]
+    return JSONResponse(
+        env.wrap("text_completion", choices, usage=usage(run.prompt_tokens, run.completion_tokens)),
+        headers={"X-Request-Id": run.id},
+    )
+
+
+async def _completion_stream(
+    run: Run, body: CompletionRequest, env: Envelope, state: ServerState, echoes: list[str]
+) -> AsyncIterator[bytes]:
+    assert state.tokenizer is not None
+    tt, stops = TokenText(state.tokenizer), _stop_ids(state)
+    extra: dict[str, Any] = {"usage": None} if body.include_usage else {}
+    offsets = [len(e) for e in echoes]
+
+    def chunk(j: int, text: str, lp: Any = None, finish: str | None = None) -> bytes:
+        c = {"index": j, "text": text, "logprobs": lp, "finish_reason": finish}
+        return sse(env.wrap("text_completion", [c], **extra))
+
+    try:
+        for j, e in enumerate(echoes):
+            if e:
+                yield chunk(j, e)
+        async for j, out in run.events():
+            ev = out.event
+            lp = None
+            if (
+                body.logprobs is not None
+                and ev.logprob is not None
+                and not _is_stop(ev, stops, body)
+            ):
+                one = CompletionLogprobs()
+                one.add(tt, ev.token, ev.logprob, ev.top_logprobs, offsets[j], body.logprobs > 0)
+                lp = one.as_dict()
+            offsets[j] += len(ev.text)
+            if ev.text or lp or ev.finish_reason:
+                yield chunk(j, ev.text, lp, ev.finish_reason)
+        if body.include_usage:
+            u = usage(run.prompt_tokens, run.completion_tokens)
+            yield sse(env.wrap("text_completion", [], usage=u))
+        yield sse("[DONE]")
+    except APIError as e:
+        run.close(run.outcome if run.outcome != "ok" else f"error {e.status}")
+        yield sse(error_body(e.status, e.message, e.param, e.code))
+        yield sse("[DONE]")
+    finally:
+        run.close()
+
+
+# ---- models, tokenize ------------------------------------------------------------------------------
+def _model_card(state: ServerState) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "llama3",
+    }
+    if state.engine is not None:
+        card["max_model_len"] = state.engine.max_model_len
+    return card
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    state, _ = _ctx(request)
+    return {"object": "list", "data": [_model_card(state)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    state, _ = _ctx(request)
+    state.check_model(model_id)
+    return _model_card(state)
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    state, _ = _ctx(request)
+    engine = state.require_engine()
+    state.check_model(body.model)
+    tok = state.tokenizer
+    assert tok is not None
+    if (body.prompt is None) == (body.messages is None):
+        raise APIError(400, "give exactly one of prompt or messages", param="prompt")
+    if body.messages is not None:
+        msgs = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        ids = state.formatter.encode_dialog_prompt(msgs)
+    elif body.add_special_tokens:
+        ids = tok.encode_prompt(body.prompt or "")
+    else:
+        ids = tok.encode(body.prompt or "", bos=False, eos=False)
+    return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    state, _ = _ctx(request)
+    state.require_engine()
+    state.check_model(body.model)
+    tok = state.tokenizer
+    assert tok is not None
+    bad = [t for t in body.tokens if not 0 <= t < tok.n_words]
+    if bad:
+        raise APIError(
+            400,
+            f"token id {bad[0]} is outside the vocabulary (0..{tok.n_words - 1})",
+            param="tokens",
+        )
+    return {"prompt": tok.decode(body.tokens)}

@@ -1,0 +1,163 @@
+"""What the server runs on: its settings, and the model + engine it loads in the background.
+
+`ServerConfig` is the one frozen dataclass the CLI fills. `ServerState.load` runs on a thread while
+the HTTP server already answers (`/health` says 503 until the engine is up), builds the engine with
+the requested limits and starts its step thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine.async_engine import AsyncLLMEngine
+from ..engine.engine import EngineStats, LLMEngine, default_engine_config
+from ..errors import Llama3Error
+from ..tokenizer.base import BaseTokenizer
+from ..tokenizer.chat_format import ChatFormatter
+from .errors import APIError
+
+log = logging.getLogger("llama3.serve")
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    #: checkpoint path (Meta dir, HF dir, .gguf); None = the built-in default model
+    model: str | None = None
+    #: the name clients pass as `model`; default: the checkpoint's file or directory name
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str | None = None
+    dtype: str | None = None
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 512
+    #: longest prompt + generation; default: the trained context, capped by the KV cache
+    max_model_len: int | None = None
+    #: KV-cache size in bytes; default: a share of free memory
+    kv_cache_bytes: int | None = None
+    #: accepted bearer keys; empty = no authentication
+    api_keys: tuple[str, ...] = ()
+    #: requests waiting for a slot at most; more get 429
+    max_queue: int = 256
+    #: seconds a request may take in all; None = no limit
+    request_timeout: float | None = 600.0
+    #: CORS origins allowed to call the API from a browser ("*" for any)
+    allowed_origins: tuple[str, ...] = ()
+    #: request bodies larger than this get 413
+    max_body_bytes: int = 4 * MiB
+
+
+class ServerState:
+    def __init__(self, config: ServerConfig, model_path: Path) -> None:
+        self.config = config
+        self.model_path = model_path
+        self.model_name = config.served_model_name or _default_name(model_path)
+        self.created = int(time.time())
+        self.fingerprint = (
+            "fp_"
+            + hashlib.blake2b(
+                f"{model_path.resolve()}|{config}".encode(), digest_size=5
+            ).hexdigest()
+        )
+        self.engine: AsyncLLMEngine | None = None
+        self.tokenizer: BaseTokenizer | None = None
+        self._formatter: ChatFormatter | None = None
+        self._formatter_error: Llama3Error | None = None
+        self.load_error: Exception | None = None
+        self.ready = threading.Event()
+
+    # ---- loading ---------------------------------------------------------------------------------
+    def start_loading(
+        self, loop: asyncio.AbstractEventLoop, on_error: Callable[[Exception], None]
+    ) -> threading.Thread:
+        def run() -> None:
+            try:
+                self.load(loop)
+            except Exception as e:  # reported by the CLI, which then exits
+                self.load_error = e
+                on_error(e)
+
+        t = threading.Thread(target=run, name="llama3-load", daemon=True)
+        t.start()
+        return t
+
+    def load(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ..loader import load
+        from ..tokenizer import chat_formatter
+
+        c = self.config
+        lm = load(self.model_path, device=c.device, dtype=c.dtype)
+        cfg = default_engine_config(
+            lm.model,
+            max_num_seqs=c.max_num_seqs,
+            max_model_len=c.max_model_len,
+            kv_cache_bytes=c.kv_cache_bytes,
+            max_num_batched_tokens=c.max_num_batched_tokens,
+        )
+        engine = AsyncLLMEngine(LLMEngine(lm.model, lm.tokenizer, cfg))
+        self.tokenizer = lm.tokenizer
+        try:
+            self._formatter = chat_formatter(lm.tokenizer)
+        except Llama3Error as e:  # a base model: completions only
+            self._formatter_error = e
+        engine.start(loop)
+        self.engine = engine
+        self.ready.set()
+        log.info(
+            "serving %s as %r: %d KV blocks of %d tokens, max_model_len %d, max_num_seqs %d "
+            "(loaded in %.1f s)",
+            self.model_path,
+            self.model_name,
+            cfg.num_blocks,
+            cfg.block_size,
+            cfg.model_len,
+            cfg.max_num_seqs,
+            lm.load_seconds,
+        )
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+
+    # ---- what handlers need ----------------------------------------------------------------------
+    def require_engine(self) -> AsyncLLMEngine:
+        if self.engine is None:
+            raise APIError(503, "the model is still loading", code="model_loading")
+        return self.engine
+
+    @property
+    def formatter(self) -> ChatFormatter:
+        if self._formatter is None:
+            e = self._formatter_error
+            raise APIError(
+                400,
+                f"{e.message} ({e.hint})" if e and e.hint else "this model has no chat format",
+                param="messages",
+                code="no_chat_template",
+            )
+        return self._formatter
+
+    def stats(self) -> EngineStats | None:
+        return self.engine.stats() if self.engine is not None else None
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves {self.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+
+def _default_name(path: Path) -> str:
+    return path.stem if path.suffix == ".gguf" else path.name
