@@ -109,6 +109,13 @@ def _logging(quiet: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    class _DrainingServer(uvicorn.Server):
+        """After a drain, SIGTERM is a clean exit (0): uvicorn would re-raise the signal."""
+
+        def handle_exit(self, sig, frame) -> None:  # type: ignore[no-untyped-def]
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
     from ..serve.app import create_app
     from ..serve.state import ServerConfig
 
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server = uvicorn.Server(
+    server = _DrainingServer(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     )
     server.run(sockets=[sock])

@@ -31,6 +31,10 @@ _TYPES = {
 }
 
 
+#: pydantic's names for union members, which show up in error locations
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 class APIError(Exception):
     def __init__(
         self,
@@ -86,7 +90,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     # pydantic reports a union failure once per member; name the field, not the member.
-    loc = [x for x in loc if not x.startswith(("list[", "str", "int", "function-"))]
+    loc = [x for x in loc if "[" not in x and x not in _TYPE_TAGS and not x.startswith("function-")]
     param = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "json_invalid":

@@ -21,6 +21,21 @@ MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
 
 
+def _check_text(v: Any) -> Any:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer can encode: refuse them here."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "text contains an unpaired UTF-16 surrogate; send valid Unicode"
+            ) from None
+    elif isinstance(v, list):
+        for x in v:
+            _check_text(x)
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,12 +48,16 @@ class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
+    _text = field_validator("text")(_check_text)
+
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     #: accepted on tool results only (it names the call being answered)
     tool_call_id: str | None = None
+
+    _content = field_validator("content")(_check_text)
 
     def text(self) -> str:
         if self.content is None:
@@ -81,7 +100,7 @@ class _SamplingFields(_Strict):
             raise ValueError(f"at most {MAX_STOP} stop strings are allowed")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
-        return v
+        return _check_text(v)
 
     def check(self) -> None:
         """Cross-field rules pydantic cannot express on one field."""
@@ -206,6 +225,8 @@ class CompletionRequest(_SamplingFields):
     best_of: StrictInt | None = Field(None, ge=1, le=MAX_N)
     suffix: None = None
 
+    _prompt = field_validator("prompt")(_check_text)
+
     def check(self) -> None:
         super().check()
         if self.best_of is not None and self.best_of != self.n:
@@ -234,6 +255,8 @@ class TokenizeRequest(_Strict):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: StrictBool = True
+
+    _prompt = field_validator("prompt")(_check_text)
 
 
 class DetokenizeRequest(_Strict):

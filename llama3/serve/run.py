@@ -33,12 +33,17 @@ def check_room(prompt_tokens: int, max_tokens: int | None, limit: int) -> None:
     if prompt_tokens >= limit:
         raise ContextLengthExceeded(prompt_tokens, limit)
     if max_tokens is not None and prompt_tokens + max_tokens > limit:
-        raise ContextLengthExceeded(
+        e = ContextLengthExceeded(
             prompt_tokens,
             limit,
-            hint=f"{max_tokens} new tokens were asked for but only {limit - prompt_tokens} fit: "
-            "lower max_tokens or shorten the prompt",
+            hint=f"lower max_tokens to {limit - prompt_tokens} or less, or shorten the prompt",
         )
+        e.message = (
+            f"{max_tokens} new tokens were asked for, but the prompt has {prompt_tokens} tokens "
+            f"and the context window is {limit} tokens"
+        )
+        e.param = "max_tokens"
+        raise e
 
 
 class Run:
