@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ModelArgs
 from .attention import causal_attention
@@ -56,6 +57,26 @@ class PagedBatch:
         self, pool: PagedKVPool, slot_mapping: torch.Tensor, segments: list[Segment]
     ) -> None:
         self.pool, self.slot_mapping, self.segments = pool, slot_mapping, segments
+        # Decode segments (one query each) attend together in one padded call per layer; the
+        # gather index and mask are built once per step and shared by every layer.
+        self.decodes = [s for s in segments if s.q_len == 1]
+        self.prefills = [s for s in segments if s.q_len != 1]
+        self._decode_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._decode_plan is None:
+            dev = self.slot_mapping.device
+            slots = torch.nn.utils.rnn.pad_sequence(
+                [s.key_slots for s in self.decodes], batch_first=True
+            )
+            lengths = torch.tensor([len(s.key_slots) for s in self.decodes], device=dev)
+            valid = torch.arange(slots.shape[1], device=dev)[None, :] < lengths[:, None]
+            # padding reads the sequence's own first slot (written, finite: the pool is not
+            # zeroed) and is masked out
+            slots = torch.where(valid, slots, slots[:, :1])
+            rows = torch.tensor([s.q_start for s in self.decodes], device=dev)
+            self._decode_plan = (slots, valid[:, None, None, :], rows)
+        return self._decode_plan
 
     def attend(
         self, layer: int, start_pos: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
@@ -64,9 +85,27 @@ class PagedBatch:
         pk, pv = self.pool.k[layer], self.pool.v[layer]
         pk[self.slot_mapping] = k[0].transpose(0, 1).to(pk.dtype)
         pv[self.slot_mapping] = v[0].transpose(0, 1).to(pv.dtype)
-        outs = []
-        for s in self.segments:
-            keys = pk.index_select(0, s.key_slots).transpose(0, 1)[None]
-            values = pv.index_select(0, s.key_slots).transpose(0, 1)[None]
-            outs.append(causal_attention(q[:, :, s.q_start : s.q_start + s.q_len], keys, values))
-        return torch.cat(outs, dim=2)
+        if not self.decodes and len(self.prefills) == 1:
+            s = self.prefills[0]
+            return self._segment(pk, pv, q, s)
+        out = torch.empty_like(q)
+        if self.decodes:
+            slots, mask, rows = self._plan()
+            keys = pk[slots].transpose(1, 2).to(q.dtype)  # (B, n_kv, L, hd)
+            values = pv[slots].transpose(1, 2).to(q.dtype)
+            qd = q[0].index_select(1, rows).transpose(0, 1)[:, :, None]  # (B, n_heads, 1, hd)
+            o = F.scaled_dot_product_attention(
+                qd, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
+            )
+            out[0].index_copy_(1, rows, o[:, :, 0].transpose(0, 1))
+        for s in self.prefills:
+            out[:, :, s.q_start : s.q_start + s.q_len] = self._segment(pk, pv, q, s)
+        return out
+
+    @staticmethod
+    def _segment(
+        pk: torch.Tensor, pv: torch.Tensor, q: torch.Tensor, s: Segment
+    ) -> torch.Tensor:
+        keys = pk.index_select(0, s.key_slots).transpose(0, 1)[None]
+        values = pv.index_select(0, s.key_slots).transpose(0, 1)[None]
+        return causal_attention(q[:, :, s.q_start : s.q_start + s.q_len], keys, values)

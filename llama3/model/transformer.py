@@ -14,6 +14,7 @@ from torch import nn
 from ..config import ModelArgs
 from .attention import causal_attention
 from .kv_cache import KVCache
+from .linear import Linear
 from .paged_cache import PagedBatch
 from .rope import apply_rope, inverse_frequencies, rope_cos_sin
 
@@ -38,10 +39,10 @@ class Attention(nn.Module):
         self.n_heads = args.n_heads
         self.n_kv_heads = args.kv_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, self.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = Linear(args.dim, self.n_heads * self.head_dim, bias=False)
+        self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = Linear(self.n_heads * self.head_dim, args.dim, bias=False)
 
     def forward(
         self,
@@ -68,9 +69,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim, bias=False)
+        self.w2 = Linear(hidden_dim, dim, bias=False)
+        self.w3 = Linear(dim, hidden_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -100,7 +101,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
-        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+        self.output = Linear(params.dim, params.vocab_size, bias=False)
         # Per-frequency divisors from GGUF `rope_freqs.weight` (Llama 3.1 GGUFs), if any.
         self.rope_freq_factors: torch.Tensor | None = None
         self._inv_freq: torch.Tensor | None = None
