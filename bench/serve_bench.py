@@ -373,7 +373,9 @@ async def run_clients(
     for p in prompts:
         queue.put_nowait(p)
     results: list[RequestResult] = []
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency)
+    # A fresh connection per request: llama-server closes idle keep-alive connections, and a reused
+    # one it has closed fails with "server disconnected"; loopback connects cost microseconds.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
 
     async def client_loop(client: httpx.AsyncClient) -> None:

@@ -79,7 +79,7 @@ class BlockManager:
     def _match_prefix(self, seq: Sequence) -> list[int]:
         """The cached blocks of seq's longest cached full-block prefix, leaving its last token
         uncomputed so the model still produces logits for it."""
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.prompt_logprobs:
             return []
         blocks: list[int] = []
         for i in range((seq.num_tokens - 1) // self.block_size):

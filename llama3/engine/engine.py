@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InvalidRequestError
 from ..generation.params import GenerationResult, SamplingParams, TokenEvent
 from ..generation.sequence_state import SequenceState, sample_next_tokens, validate_prompt
 from ..model.paged_cache import PagedKVPool
@@ -49,6 +48,10 @@ class EngineStats:
 class RequestOutput:
     request_id: str
     event: TokenEvent
+    #: with `echo`, on a request's first output: each prompt token's logprob given its prefix
+    #: (None for the first token) and, when `logprobs` > 0, its top alternatives
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 def default_engine_config(
@@ -103,6 +106,7 @@ class LLMEngine:
         )
         self.runner = ModelRunner(model, self.pool, self.block_manager)
         self._ids = itertools.count()
+        self._prompt_lps: dict[object, tuple[list, list]] = {}
 
     @property
     def max_model_len(self) -> int:
@@ -113,10 +117,6 @@ class LLMEngine:
     ) -> Sequence:
         """Validate a request and build its `Sequence` without queueing it. Thread-safe: an async
         front end calls it on its own thread, so bad requests fail there, at once."""
-        if params.echo:
-            raise InvalidRequestError(
-                "echo is not supported by the serving engine", "drop echo", param="echo"
-            )
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         validate_prompt(prompt, self.model.params.vocab_size, self.max_model_len)
         room = self.max_model_len - len(prompt)
@@ -128,7 +128,13 @@ class LLMEngine:
             max_new=min(params.max_tokens or room, max(room, 1)),
             device=self.device,
         )
-        return Sequence(rid, list(prompt), max_tokens=params.max_tokens, sampling=state)
+        return Sequence(
+            rid,
+            list(prompt),
+            max_tokens=params.max_tokens,
+            sampling=state,
+            prompt_logprobs=params.echo,
+        )
 
     def add_sequence(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
@@ -154,14 +160,11 @@ class LLMEngine:
             prefix_cache_hit_tokens=bm.hit_tokens,
         )
 
-    def abort(self, request_id: str) -> bool:
-        return self.scheduler.abort(request_id)
-
     def abort_all(self) -> list[str]:
         """Abort every unfinished request; returns their ids."""
         ids = self.scheduler.unfinished_ids()
         for rid in ids:
-            self.scheduler.abort(rid)
+            self.abort(rid)  # type: ignore[arg-type]
         return [str(i) for i in ids]
 
     def has_unfinished(self) -> bool:
@@ -172,7 +175,10 @@ class LLMEngine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        logits = self.runner.run(out)
+        logits, prompt_logits = self.runner.run(out)
+        for s in out.scheduled:
+            if s.seq.seq_id in prompt_logits:
+                self._record_prompt_logprobs(s.seq, *prompt_logits[s.seq.seq_id])
         sampled = [s.seq for s in out.scheduled if s.sample]
         states: list[SequenceState] = [seq.sampling for seq in sampled]
         tokens = sample_next_tokens(states, logits) if sampled else []
@@ -180,11 +186,33 @@ class LLMEngine:
         for row, (seq, state, tok) in enumerate(zip(sampled, states, tokens)):
             new_tokens[seq.seq_id] = tok
             ev = state.accept(tok, logits[row])
-            outputs.append(RequestOutput(seq.seq_id, ev))
+            o = RequestOutput(seq.seq_id, ev)
+            if seq.seq_id in self._prompt_lps:
+                o.prompt_logprobs, o.prompt_top_logprobs = self._prompt_lps.pop(seq.seq_id)
+            outputs.append(o)
             if ev.finish_reason == "stop":
                 stopped.add(seq.seq_id)
         self.scheduler.postprocess(out, new_tokens, stopped)
         return outputs
+
+    def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
+        lps, tops = self._prompt_lps.setdefault(seq.seq_id, ([None], [None]))
+        if len(lps) != first + 1:
+            return  # a preempted sequence recomputing positions it already reported
+        k = logits.shape[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        targets = torch.tensor(seq.token_ids[first + 1 : first + 1 + k], device=logp.device)
+        lps.extend(logp.gather(-1, targets[:, None])[:, 0].tolist())
+        n = seq.sampling.params.logprobs or 0
+        if n > 0:
+            vals, ids = torch.topk(logp, n)
+            tops.extend(list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist()))
+        else:
+            tops.extend([None] * k)
+
+    def abort(self, request_id: str) -> bool:
+        self._prompt_lps.pop(request_id, None)
+        return self.scheduler.abort(request_id)
 
     def generate(
         self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]
@@ -203,6 +231,8 @@ class LLMEngine:
                 r.text += ev.text
                 if r.logprobs is not None and ev.logprob is not None:
                     r.logprobs.append(ev.logprob)
+                if o.prompt_logprobs is not None:
+                    r.prompt_logprobs = o.prompt_logprobs
                 if ev.finish_reason:
                     r.finish_reason = ev.finish_reason
         return [results[rid] for rid in ids]

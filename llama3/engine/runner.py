@@ -20,14 +20,19 @@ class ModelRunner:
         self.model, self.pool, self.block_manager = model, pool, block_manager
         self.device = model.tok_embeddings.weight.device
 
-    def run(self, out: SchedulerOutput) -> torch.Tensor:
-        """Logits (n_sampled, vocab), one row per scheduled entry with `sample`, in schedule order."""
+    def run(
+        self, out: SchedulerOutput
+    ) -> tuple[torch.Tensor, dict[object, tuple[int, torch.Tensor]]]:
+        """Logits (n_sampled, vocab), one row per scheduled entry with `sample`, in schedule order;
+        and for sequences that want prompt logprobs, {seq_id: (first position, logits of the
+        chunk's prompt positions that predict another prompt token)}."""
         bm, dev = self.block_manager, self.device
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         segments: list[Segment] = []
         sample_rows: list[int] = []
+        prompt_rows: list[tuple[object, int, int, int]] = []  # (seq id, first pos, row, count)
         for s in out.scheduled:
             seq, start, n = s.seq, s.start, s.num_new_tokens
             q_start = len(tokens)
@@ -38,11 +43,22 @@ class ModelRunner:
             segments.append(Segment(q_start, n, key_slots))
             if s.sample:
                 sample_rows.append(q_start + n - 1)
+            if seq.prompt_logprobs:
+                # positions p < num_prompt_tokens - 1 predict prompt token p + 1
+                k = min(start + n, seq.num_prompt_tokens - 1) - start
+                if k > 0:
+                    prompt_rows.append((seq.seq_id, start, q_start, k))
         batch = PagedBatch(self.pool, torch.tensor(slots, dtype=torch.long, device=dev), segments)
+        extra = [r for _, _, q, k in prompt_rows for r in range(q, q + k)]
         logits = self.model(
             torch.tensor([tokens], dtype=torch.long, device=dev),
             cache=batch,
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            logits_indices=torch.tensor(sample_rows, dtype=torch.long, device=dev),
-        )
-        return logits[0]
+            logits_indices=torch.tensor(sample_rows + extra, dtype=torch.long, device=dev),
+        )[0]
+        prompt: dict[object, tuple[int, torch.Tensor]] = {}
+        at = len(sample_rows)
+        for sid, first, _, k in prompt_rows:
+            prompt[sid] = (first, logits[at : at + k])
+            at += k
+        return logits[: len(sample_rows)], prompt

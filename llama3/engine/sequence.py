@@ -58,6 +58,7 @@ class Sequence:
         "num_computed_tokens",
         "num_cached_tokens",
         "num_preemptions",
+        "prompt_logprobs",
     )
 
     def __init__(
@@ -67,8 +68,11 @@ class Sequence:
         *,
         max_tokens: int | None = None,
         sampling: Any = None,
+        prompt_logprobs: bool = False,
     ) -> None:
         self.seq_id = seq_id
+        #: the runner needs logits at every prompt position: no prefix-cache hits for this one
+        self.prompt_logprobs = prompt_logprobs
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.token_ids)
         #: new tokens at most; None = until max_model_len

@@ -103,9 +103,7 @@ class PagedBatch:
         return out
 
     @staticmethod
-    def _segment(
-        pk: torch.Tensor, pv: torch.Tensor, q: torch.Tensor, s: Segment
-    ) -> torch.Tensor:
+    def _segment(pk: torch.Tensor, pv: torch.Tensor, q: torch.Tensor, s: Segment) -> torch.Tensor:
         keys = pk.index_select(0, s.key_slots).transpose(0, 1)[None]
         values = pv.index_select(0, s.key_slots).transpose(0, 1)[None]
         return causal_attention(q[:, :, s.q_start : s.q_start + s.q_len], keys, values)

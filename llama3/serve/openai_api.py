@@ -200,12 +200,6 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     body.check()
     tok = state.tokenizer
     assert tok is not None
-    if body.echo and body.logprobs is not None:
-        raise InvalidRequestError(
-            "echo together with logprobs (prompt logprobs) is not supported by the server yet",
-            "drop one of them; `llama3 generate --echo --logprobs` computes prompt logprobs",
-            param="echo",
-        )
     prompts: list[list[int]] = []
     texts: list[str] = []
     for i, p in enumerate(body.prompts()):
@@ -233,6 +227,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             logprobs=body.logprobs,
             vocab_size=tok.n_words,
             choice=j,
+            prompt_logprobs=body.echo and body.logprobs is not None,
         )
         for _ in prompts
         for j in range(body.n)
@@ -274,6 +269,8 @@ async def _completion_response(
     try:
         async for j, out in run.events():
             ev = out.event
+            if out.prompt_logprobs is not None and body.logprobs is not None:
+                _add_prompt_logprobs(lps[j], tt, run.prompts[j], out, body.logprobs > 0)
             if (
                 body.logprobs is not None
                 and ev.logprob is not None
@@ -302,6 +299,17 @@ async def _completion_response(
     )
 
 
+def _add_prompt_logprobs(
+    acc: CompletionLogprobs, tt: TokenText, prompt: list[int], out: Any, want_top: bool
+) -> None:
+    """The echoed prompt's entries: the first token has no logprob (nothing precedes it)."""
+    tops = out.prompt_top_logprobs or [None] * len(prompt)
+    offset = 0
+    for tok, lp, top in zip(prompt, out.prompt_logprobs, tops):
+        acc.add(tt, tok, lp, top, offset, want_top and lp is not None)
+        offset += len(tt(tok)[0])
+
+
 async def _completion_stream(
     run: Run, body: CompletionRequest, env: Envelope, state: ServerState, echoes: list[str]
 ) -> AsyncIterator[bytes]:
@@ -314,12 +322,18 @@ async def _completion_stream(
         c = {"index": j, "text": text, "logprobs": lp, "finish_reason": finish}
         return sse(env.wrap("text_completion", [c], **extra))
 
+    prompt_lps = body.echo and body.logprobs is not None
     try:
         for j, e in enumerate(echoes):
-            if e:
+            if e and not prompt_lps:
                 yield chunk(j, e)
         async for j, out in run.events():
             ev = out.event
+            if out.prompt_logprobs is not None and body.logprobs is not None:
+                # the echoed prompt goes out with its logprobs once they are known
+                first = CompletionLogprobs()
+                _add_prompt_logprobs(first, tt, run.prompts[j], out, body.logprobs > 0)
+                yield chunk(j, echoes[j], first.as_dict())
             lp = None
             if (
                 body.logprobs is not None

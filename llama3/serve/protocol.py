@@ -116,7 +116,13 @@ class _SamplingFields(_Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def sampling_params(
-        self, *, max_tokens: int | None, logprobs: int | None, vocab_size: int, choice: int = 0
+        self,
+        *,
+        max_tokens: int | None,
+        logprobs: int | None,
+        vocab_size: int,
+        choice: int = 0,
+        prompt_logprobs: bool = False,
     ) -> SamplingParams:
         bias = None
         if self.logit_bias:
@@ -152,6 +158,7 @@ class _SamplingFields(_Strict):
             stop=stop,
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            echo=prompt_logprobs,
         )
 
 

@@ -119,3 +119,34 @@ def test_real_model_engine_equals_alone(smollm2):
             and r.text == want.text
             and r.finish_reason == want.finish_reason
         )
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, block_size=16, num_blocks=64),
+        # prompts split in 8-token chunks, tiny blocks
+        EngineConfig(max_num_seqs=4, max_num_batched_tokens=8, block_size=4, num_blocks=64),
+    ],
+)
+def test_echo_prompt_logprobs_equal_the_offline_path(llm, cfg):
+    """Prompt logprobs (echo) from chunked prefill equal the offline path's (itself checked against
+    transformers), also for a prompt whose prefix is already cached by an earlier request."""
+    engine = LLMEngine(llm.model, llm.tokenizer, cfg)
+    prompts = [llm.tokenizer.encode_prompt(p) for p in (PROMPTS[1], PROMPTS[3], PROMPTS[0])]
+    params = SamplingParams(temperature=0, max_tokens=3, echo=True, logprobs=2)
+    engine.generate([prompts[0]], SamplingParams(temperature=0, max_tokens=2))  # fills the cache
+    seen: dict[str, tuple] = {}
+    ids = [engine.add_request(p, params) for p in prompts]
+    while engine.has_unfinished():
+        for o in engine.step():
+            if o.prompt_logprobs is not None:
+                seen[o.request_id] = (o.prompt_logprobs, o.prompt_top_logprobs)
+    for rid, p in zip(ids, prompts):
+        want = _alone(llm, p, params).prompt_logprobs
+        lps, tops = seen[rid]
+        assert lps[0] is None and len(lps) == len(p) == len(want)
+        assert lps[1:] == pytest.approx(want[1:], abs=1e-5)
+        assert tops[0] is None and all(len(t) == 2 for t in tops[1:])
+        assert all(t[0][1] >= lp - 1e-6 for t, lp in zip(tops[1:], lps[1:]))
+    assert engine.block_manager.num_free_blocks == cfg.num_blocks

@@ -188,6 +188,34 @@ def test_completion_logprobs_and_echo(client, model_id, smollm2):
         model=model_id, prompt=prompt, temperature=0, max_tokens=6, echo=True
     )
     assert echoed.choices[0].text == prompt + want.text
+    # echo with logprobs: the prompt's own logprobs come first (the first token has none)
+    want_echo = oracle_complete(smollm2, prompt, max_tokens=6, logprobs=2, echo=True)
+    both = client.completions.create(
+        model=model_id, prompt=prompt, temperature=0, max_tokens=6, logprobs=2, echo=True
+    )
+    lp = both.choices[0].logprobs
+    n_prompt = len(want_echo.prompt_tokens)
+    assert len(lp.tokens) == n_prompt + len(want_echo.tokens)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:n_prompt] == pytest.approx(want_echo.prompt_logprobs[1:], abs=1e-4)
+    assert lp.token_logprobs[n_prompt:] == pytest.approx(want_echo.logprobs, abs=1e-4)
+    assert both.choices[0].text == prompt + want.text
+    streamed = list(
+        client.completions.create(
+            model=model_id,
+            prompt=prompt,
+            temperature=0,
+            max_tokens=6,
+            logprobs=2,
+            echo=True,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].text for c in streamed) == prompt + want.text
+    got = [
+        x for c in streamed if c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs
+    ]
+    assert got[0] is None and got[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)
 
 
 def test_tokenize_and_detokenize(server, smollm2):
