@@ -195,12 +195,14 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def our_server(model: Path, max_seqs: int, threads: int) -> Server:
+def our_server(model: Path, max_seqs: int, threads: int, quantize: str = "none") -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "llama3", "serve", "--model", str(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_seqs)]
+    if quantize != "none":
+        argv += ["--quantize", quantize]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return Server("ours", argv, env, port)
+    return Server("ours" if quantize == "none" else f"ours-{quantize}", argv, env, port)
 
 
 def llamacpp_server(binary: str, model: Path, slots: int, threads: int, max_tokens: int) -> Server:
@@ -466,22 +468,24 @@ def combine(rows: list[LevelResult]) -> dict[str, Any] | None:
 
 def table(levels: list[int], results: list[LevelResult]) -> str:
     head = (
-        f"{'level':>5} | {'ours tok/s':>10} | {'llama.cpp tok/s':>15} | {'ratio':>5} | "
-        f"{'ours TTFT p50/p95 ms':>20} | {'llama.cpp TTFT p50/p95 ms':>25}"
+        f"{'level':>5} | {'server':>9} | {'tok/s':>6} | {'llama.cpp tok/s':>15} | {'ratio':>5} | "
+        f"{'TTFT p50/p95 ms':>17} | {'llama.cpp TTFT p50/p95 ms':>25}"
     )
     lines = [head, "-" * len(head)]
+    ours_names = list(dict.fromkeys(r.server for r in results if r.server.startswith("ours")))
     for c in levels:
-        ours = combine([r for r in results if r.server == "ours" and r.concurrency == c])
         theirs = combine([r for r in results if r.server == "llama.cpp" and r.concurrency == c])
-        ratio = (
-            f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}"
-            if ours and theirs and theirs["tokens_per_s"]
-            else "-"
-        )
-        lines.append(
-            f"{c:>5} | {rate_cell(ours):>10} | {rate_cell(theirs):>15} | {ratio:>5} | "
-            f"{ttft_cell(ours):>20} | {ttft_cell(theirs):>25}"
-        )
+        for name in ours_names or ["ours"]:
+            ours = combine([r for r in results if r.server == name and r.concurrency == c])
+            ratio = (
+                f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}"
+                if ours and theirs and theirs["tokens_per_s"]
+                else "-"
+            )
+            lines.append(
+                f"{c:>5} | {name:>9} | {rate_cell(ours):>6} | {rate_cell(theirs):>15} | "
+                f"{ratio:>5} | {ttft_cell(ours):>17} | {ttft_cell(theirs):>25}"
+            )
     errors = [r for r in results if r.errors]
     for r in errors:
         lines.append(f"! {r.server} C={r.concurrency}: {r.errors} failed, e.g. {r.error_examples}")
@@ -512,6 +516,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--seed", type=int, default=None, help="seed for the prompts' random ids")
+    p.add_argument(
+        "--ours-quantize",
+        default="none",
+        help="comma-separated: run our server once per value (none, int8), e.g. none,int8",
+    )
     p.add_argument("--skip-ours", action="store_true", help="benchmark llama-server only")
     p.add_argument("--skip-llamacpp", action="store_true", help="benchmark llama3 serve only")
     args = p.parse_args(argv)
@@ -533,7 +542,8 @@ def build_servers(args: argparse.Namespace, llama_server: str | None) -> list[Se
     n = min(max(args.levels), MAX_SEQS)
     servers = []
     if not args.skip_ours:
-        servers.append(our_server(args.model, n, args.threads))
+        for q in args.ours_quantize.split(","):
+            servers.append(our_server(args.model, n, args.threads, q.strip()))
     if not args.skip_llamacpp and llama_server:
         servers.append(llamacpp_server(llama_server, args.model, n, args.threads, args.max_tokens))
     return servers

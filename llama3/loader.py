@@ -103,8 +103,10 @@ def load(
     dtype: str | torch.dtype | None = None,
     tokenizer_path: str | os.PathLike | None = None,
     progress: bool = False,
+    quantize: str | None = None,
 ) -> LoadedModel:
-    """Read, check and build. `progress` draws a bar on a terminal while the weights load."""
+    """Read, check and build. `progress` draws a bar on a terminal while the weights load;
+    `quantize` ("int8") runs the projections on int8 weights (CPU)."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -119,4 +121,8 @@ def load(
         total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
     ) as bar:
         model = build_model(ckpt, device=dev, dtype=dt, on_bytes=bar.update)
+    if quantize is not None:
+        from .quant.int8 import CALIBRATION_TEXT, quantize_model
+
+        quantize_model(model, quantize, tok.encode_prompt(CALIBRATION_TEXT))
     return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0)

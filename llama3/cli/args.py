@@ -22,6 +22,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dtype", help="float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)"
     )
+    g.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="run the projections on int8 weights (CPU; faster, a quarter of the memory)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
 
 
@@ -48,6 +53,7 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         max_seq_len=args.max_seq_len,
         max_batch_size=max_batch_size,
         progress=not getattr(args, "quiet", False),
+        quantize=getattr(args, "quantize", None),
     )
 
 

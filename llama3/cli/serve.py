@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", help="the name clients use (default: the file name)")
     g.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     g.add_argument("--dtype", help="float32, bfloat16, float16")
+    g.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="run the projections on int8 weights (CPU; faster, a quarter of the memory)",
+    )
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=int, default=16, help="requests in a batch (default 16)")
     g.add_argument(
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=max(args.max_num_batched_tokens, args.max_num_seqs),
         max_model_len=args.max_model_len,

@@ -112,8 +112,11 @@ class Llama:
         tokenizer_path: str | os.PathLike | None = None,
         seed: int = 1,
         progress: bool = False,
+        quantize: str | None = None,
     ) -> Llama:
         """Load a Meta directory, a Hugging Face directory or a GGUF file.
+
+        `quantize="int8"` runs every projection on int8 weights with fbgemm (CPU).
 
         Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
         bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,
@@ -128,7 +131,12 @@ class Llama:
                 f"max_seq_len must be at least 2, got {max_seq_len}", "use 2 or more"
             )
         lm = load(
-            path, device=device, dtype=dtype, tokenizer_path=tokenizer_path, progress=progress
+            path,
+            device=device,
+            dtype=dtype,
+            tokenizer_path=tokenizer_path,
+            progress=progress,
+            quantize=quantize,
         )
         if max_seq_len is None:
             max_seq_len = default_max_seq_len(

@@ -38,6 +38,8 @@ class ServerConfig:
     port: int = 8000
     device: str | None = None
     dtype: str | None = None
+    #: "int8": projections on int8 weights (CPU)
+    quantize: str | None = None
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512
     #: longest prompt + generation; default: the trained context, capped by the KV cache
@@ -95,7 +97,7 @@ class ServerState:
         from ..tokenizer import chat_formatter
 
         c = self.config
-        lm = load(self.model_path, device=c.device, dtype=c.dtype)
+        lm = load(self.model_path, device=c.device, dtype=c.dtype, quantize=c.quantize)
         cfg = default_engine_config(
             lm.model,
             max_num_seqs=c.max_num_seqs,
