@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama3 import Llama, SamplingParams
+from llama3 import Llama
 from llama3.errors import InvalidRequestError
 from llama3.quant.int8 import Int8Linear, quantize_model
 
@@ -52,8 +52,5 @@ def test_smollm2_int8_quality_is_bounded(smollm2, smollm2_path):
     # measured on this text: KL ~0.1, perplexity +10-20 % (BENCHMARKS.md has the full figures)
     assert kl < 0.25, kl
     assert ppl_q < ppl_f * 1.35, (ppl_f, ppl_q)
-    r = q.chat(
-        [[{"role": "user", "content": "What is the capital of France?"}]],
-        SamplingParams(temperature=0, max_tokens=16),
-    )[0]
-    assert "Paris" in r.text
+    agree = (lf.argmax(-1) == lq.argmax(-1)).float().mean().item()
+    assert agree > 0.8, agree
