@@ -43,6 +43,8 @@ class Attention(nn.Module):
         self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = Linear(self.n_heads * self.head_dim, args.dim, bias=False)
+        #: q, k and v in one product, when a quantizer fused them (then wq/wk/wv are gone)
+        self.wqkv: nn.Module | None = None
 
     def forward(
         self,
@@ -53,9 +55,14 @@ class Attention(nn.Module):
         cache: KVCache | PagedBatch | None,
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        if self.wqkv is not None:
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.reshape(bsz, seqlen, self.n_heads, self.head_dim)
+        k = k.reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = v.reshape(bsz, seqlen, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # (bsz, heads, seqlen, head_dim) for SDPA
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -72,8 +79,13 @@ class FeedForward(nn.Module):
         self.w1 = Linear(dim, hidden_dim, bias=False)
         self.w2 = Linear(hidden_dim, dim, bias=False)
         self.w3 = Linear(dim, hidden_dim, bias=False)
+        #: w1 and w3 in one product, when a quantizer fused them (then w1/w3 are gone)
+        self.w13: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

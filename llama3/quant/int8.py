@@ -83,7 +83,7 @@ class Int8Linear(nn.Module):
         # SmolLM2's w2), and an anchor row [1, -1, 0, ...] pins the call's range to [-1, 1], so
         # a row's integers, and its result, do not depend on the rest of the batch. The product
         # is linear in each row: the scale comes back out.
-        s = torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True) + 1e-30
+        s = x2.abs().amax(dim=1, keepdim=True) + 1e-30
         xs = torch.cat([x2 / s, self._anchor])
         y = torch.ops.quantized.linear_dynamic(xs, self._packed, self.reduce_range)[:-1] * s
         y = y.reshape(*shape[:-1], self.out_features)
@@ -100,6 +100,10 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, str]]:
         out += [(att, n) for n in ("wq", "wk", "wv", "wo")]
         out += [(ff, n) for n in ("w1", "w2", "w3")]
     return out + [(model, "output")]
+
+
+#: projections that read the same input, run as one product: (parent attribute, fused name)
+_FUSED = (("attention", ("wq", "wk", "wv"), "wqkv"), ("feed_forward", ("w1", "w3"), "w13"))
 
 
 @torch.inference_mode()
@@ -145,12 +149,26 @@ def quantize_model(
             "quantize",
         )
     ranges = activation_ranges(model, calibration_tokens) if calibration_tokens else {}
-    for parent, name in _targets(model):
-        mod = getattr(parent, name)
+
+    def quantized(weights: list[torch.Tensor], x_range: torch.Tensor | None) -> Int8Linear:
+        w = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0]
         smooth = None
-        if id(mod) in ranges:
-            w_range = mod.weight.detach().abs().amax(dim=0).float().clamp(min=1e-5)
-            x_range = ranges[id(mod)].clamp(min=1e-5)
-            smooth = (x_range**SMOOTH_ALPHA / w_range ** (1 - SMOOTH_ALPHA)).clamp(min=1e-5)
-        setattr(parent, name, Int8Linear(mod.weight, smooth=smooth))
+        if x_range is not None:
+            w_range = w.abs().amax(dim=0).float().clamp(min=1e-5)
+            smooth = x_range.clamp(min=1e-5) ** SMOOTH_ALPHA / w_range ** (1 - SMOOTH_ALPHA)
+            smooth = smooth.clamp(min=1e-5)
+        return Int8Linear(w, smooth=smooth)
+
+    for layer in model.layers:
+        for parent_name, names, fused in _FUSED:
+            parent = getattr(layer, parent_name)
+            mods = [getattr(parent, n) for n in names]
+            # the fused projections share one input, so one range (they were hooked alike)
+            setattr(parent, fused, quantized([m.weight for m in mods], ranges.get(id(mods[0]))))
+            for n in names:
+                delattr(parent, n)
+        for parent, name in ((layer.attention, "wo"), (layer.feed_forward, "w2")):
+            mod = getattr(parent, name)
+            setattr(parent, name, quantized([mod.weight], ranges.get(id(mod))))
+    model.output = quantized([model.output.weight], ranges.get(id(model.output)))
     return model

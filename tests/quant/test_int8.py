@@ -35,6 +35,7 @@ def test_unknown_scheme_is_a_clear_error(tiny):
 def test_smollm2_int8_quality_is_bounded(smollm2, smollm2_path):
     q = Llama.load(smollm2_path, max_seq_len=2048, quantize="int8")
     assert isinstance(q.model.layers[0].feed_forward.w2, Int8Linear)
+    assert isinstance(q.model.layers[0].attention.wqkv, Int8Linear)
     text = (
         "The llama is a domesticated South American camelid, widely used as a meat and pack "
         "animal by Andean cultures since the pre-Columbian era. Llamas are social animals and "
