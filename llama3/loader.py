@@ -113,7 +113,7 @@ def load(
     ckpt = read_checkpoint(path)
     tok = load_tokenizer_for(ckpt, tokenizer_path)
     check_vocab(ckpt, tok)
-    from .download.progress import Progress
+    from .utils.progress import Progress
 
     itemsize = torch.empty((), dtype=dt).element_size()
     total = sum(math.prod(t.shape) for t in ckpt.tensors.values()) * itemsize

@@ -33,7 +33,7 @@ def is_gguf_file(path: Path) -> bool:
 
 def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
     from ..quant.gguf_blocks import SUPPORTED_TYPES, block_layout, type_name
-    from ..tokenizer.gguf_vocab import read_gguf_header
+    from .gguf_header import read_gguf_header
 
     header = read_gguf_header(path)
     md = header.metadata

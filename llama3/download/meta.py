@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import TextIO
 from urllib.parse import quote, urlsplit
 
+from ..utils.progress import Progress, format_bytes
 from . import ChecksumError, DownloadError, DownloadUsageError, LinkExpiredError
-from .progress import Progress, format_bytes
 
 log = logging.getLogger(__name__)
 

@@ -112,8 +112,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     run.submit()
     env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
     if body.stream:
+        chunks = _chat_stream(run, body, env, state)
         return StreamingResponse(
-            _chat_stream(run, body, env, state), media_type="text/event-stream", headers=SSE_HEADERS
+            _finish_stream(run, env, "chat.completion.chunk", body.include_usage, chunks),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
     return await _until_disconnect(request, _chat_response(run, body, env, state), run)
 
@@ -156,6 +159,25 @@ def _is_stop(ev: Any, stops: set[int], body: Any) -> bool:
     return ev.finish_reason == "stop" and not ev.text and ev.token in stops and not body.ignore_eos
 
 
+async def _finish_stream(
+    run: Run, env: Envelope, obj: str, include_usage: bool, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """The chunks, then a usage chunk when asked and `[DONE]`; an error after the headers went
+    out (a timeout) becomes an error event. The run is closed however the stream ends."""
+    try:
+        async for c in chunks:
+            yield c
+        if include_usage:
+            yield sse(env.wrap(obj, [], usage=usage(run.prompt_tokens, run.completion_tokens)))
+        yield sse("[DONE]")
+    except APIError as e:
+        run.close(run.outcome if run.outcome != "ok" else f"error {e.status}")
+        yield sse(error_body(e.status, e.message, e.param, e.code))
+        yield sse("[DONE]")
+    finally:
+        run.close()
+
+
 async def _chat_stream(
     run: Run, body: ChatCompletionRequest, env: Envelope, state: ServerState
 ) -> AsyncIterator[bytes]:
@@ -167,28 +189,17 @@ async def _chat_stream(
         c = {"index": j, "delta": delta, "logprobs": lp, "finish_reason": finish}
         return sse(env.wrap("chat.completion.chunk", [c], **extra))
 
-    try:
-        for j in range(body.n):
-            yield chunk(j, {"role": "assistant", "content": ""})
-        async for j, out in run.events():
-            ev = out.event
-            lp = None
-            if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
-                lp = {"content": [chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs)]}
-            if ev.text or lp:
-                yield chunk(j, {"content": ev.text}, lp)
-            if ev.finish_reason:
-                yield chunk(j, {}, None, ev.finish_reason)
-        if body.include_usage:
-            u = usage(run.prompt_tokens, run.completion_tokens)
-            yield sse(env.wrap("chat.completion.chunk", [], usage=u))
-        yield sse("[DONE]")
-    except APIError as e:
-        run.close(run.outcome if run.outcome != "ok" else f"error {e.status}")
-        yield sse(error_body(e.status, e.message, e.param, e.code))
-        yield sse("[DONE]")
-    finally:
-        run.close()
+    for j in range(body.n):
+        yield chunk(j, {"role": "assistant", "content": ""})
+    async for j, out in run.events():
+        ev = out.event
+        lp = None
+        if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
+            lp = {"content": [chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs)]}
+        if ev.text or lp:
+            yield chunk(j, {"content": ev.text}, lp)
+        if ev.finish_reason:
+            yield chunk(j, {}, None, ev.finish_reason)
 
 
 # ---- completions -----------------------------------------------------------------------------------
@@ -247,8 +258,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
     echoes = [texts[c // body.n] if body.echo else "" for c in range(len(all_prompts))]
     if body.stream:
+        chunks = _completion_stream(run, body, env, state, echoes)
         return StreamingResponse(
-            _completion_stream(run, body, env, state, echoes),
+            _finish_stream(run, env, "text_completion", body.include_usage, chunks),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
@@ -323,39 +335,24 @@ async def _completion_stream(
         return sse(env.wrap("text_completion", [c], **extra))
 
     prompt_lps = body.echo and body.logprobs is not None
-    try:
-        for j, e in enumerate(echoes):
-            if e and not prompt_lps:
-                yield chunk(j, e)
-        async for j, out in run.events():
-            ev = out.event
-            if out.prompt_logprobs is not None and body.logprobs is not None:
-                # the echoed prompt goes out with its logprobs once they are known
-                first = CompletionLogprobs()
-                _add_prompt_logprobs(first, tt, run.prompts[j], out, body.logprobs > 0)
-                yield chunk(j, echoes[j], first.as_dict())
-            lp = None
-            if (
-                body.logprobs is not None
-                and ev.logprob is not None
-                and not _is_stop(ev, stops, body)
-            ):
-                one = CompletionLogprobs()
-                one.add(tt, ev.token, ev.logprob, ev.top_logprobs, offsets[j], body.logprobs > 0)
-                lp = one.as_dict()
-            offsets[j] += len(ev.text)
-            if ev.text or lp or ev.finish_reason:
-                yield chunk(j, ev.text, lp, ev.finish_reason)
-        if body.include_usage:
-            u = usage(run.prompt_tokens, run.completion_tokens)
-            yield sse(env.wrap("text_completion", [], usage=u))
-        yield sse("[DONE]")
-    except APIError as e:
-        run.close(run.outcome if run.outcome != "ok" else f"error {e.status}")
-        yield sse(error_body(e.status, e.message, e.param, e.code))
-        yield sse("[DONE]")
-    finally:
-        run.close()
+    for j, e in enumerate(echoes):
+        if e and not prompt_lps:
+            yield chunk(j, e)
+    async for j, out in run.events():
+        ev = out.event
+        if out.prompt_logprobs is not None and body.logprobs is not None:
+            # the echoed prompt goes out with its logprobs once they are known
+            first = CompletionLogprobs()
+            _add_prompt_logprobs(first, tt, run.prompts[j], out, body.logprobs > 0)
+            yield chunk(j, echoes[j], first.as_dict())
+        lp = None
+        if body.logprobs is not None and ev.logprob is not None and not _is_stop(ev, stops, body):
+            one = CompletionLogprobs()
+            one.add(tt, ev.token, ev.logprob, ev.top_logprobs, offsets[j], body.logprobs > 0)
+            lp = one.as_dict()
+        offsets[j] += len(ev.text)
+        if ev.text or lp or ev.finish_reason:
+            yield chunk(j, ev.text, lp, ev.finish_reason)
 
 
 # ---- models, tokenize ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from llama3.download import (
     LinkExpiredError,
     meta,
 )
-from llama3.download.progress import Progress, format_bytes, format_duration
+from llama3.utils.progress import Progress, format_bytes, format_duration
 
 from .download_server import POLICY, SIGNATURE, FakeHub, FakeMetaCDN, write_meta_layout
 
