@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InvalidRequestError
+from ..generation.params import SamplingParams
 from .errors import APIError, error_body
 from .metrics import Metrics
 from .openai_format import CompletionLogprobs, Envelope, TokenText, chat_logprob, sse, usage
@@ -74,6 +75,40 @@ async def _until_disconnect(request: Request, work: Awaitable[Response], run: Ru
         task.cancel()
 
 
+def _submit(
+    request: Request,
+    prefix: str,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    user: str | None,
+) -> tuple[Run, Envelope]:
+    """Queue one sequence per (prompt, params) as one run; 429 when the queue is full."""
+    state, metrics = _ctx(request)
+    rid = _new_id(prefix)
+    run = Run(
+        state.require_engine(),
+        metrics,
+        rid,
+        prompts,
+        params,
+        max_queue=state.config.max_queue,
+        timeout=state.config.request_timeout,
+        user=user,
+    )
+    run.submit()
+    return run, Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+
+
+def _event_stream(
+    run: Run, env: Envelope, obj: str, include_usage: bool, chunks: AsyncIterator[bytes]
+) -> StreamingResponse:
+    return StreamingResponse(
+        _finish_stream(run, env, obj, include_usage, chunks),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
+
+
 def _stop_ids(state: ServerState) -> set[int]:
     assert state.tokenizer is not None
     return set(state.tokenizer.stop_tokens)
@@ -82,7 +117,7 @@ def _stop_ids(state: ServerState) -> set[int]:
 # ---- chat ------------------------------------------------------------------------------------------
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    state, metrics = _ctx(request)
+    state, _ = _ctx(request)
     engine = state.require_engine()
     state.check_model(body.model)
     body.check()
@@ -98,26 +133,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )
         for j in range(body.n)
     ]
-    rid = _new_id("chatcmpl")
-    run = Run(
-        engine,
-        metrics,
-        rid,
-        [prompt] * body.n,
-        params,
-        max_queue=state.config.max_queue,
-        timeout=state.config.request_timeout,
-        user=body.user,
-    )
-    run.submit()
-    env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+    run, env = _submit(request, "chatcmpl", [prompt] * body.n, params, body.user)
     if body.stream:
         chunks = _chat_stream(run, body, env, state)
-        return StreamingResponse(
-            _finish_stream(run, env, "chat.completion.chunk", body.include_usage, chunks),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        return _event_stream(run, env, "chat.completion.chunk", body.include_usage, chunks)
     return await _until_disconnect(request, _chat_response(run, body, env, state), run)
 
 
@@ -205,7 +224,7 @@ async def _chat_stream(
 # ---- completions -----------------------------------------------------------------------------------
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    state, metrics = _ctx(request)
+    state, _ = _ctx(request)
     engine = state.require_engine()
     state.check_model(body.model)
     body.check()
@@ -243,27 +262,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         for _ in prompts
         for j in range(body.n)
     ]
-    rid = _new_id("cmpl")
-    run = Run(
-        engine,
-        metrics,
-        rid,
-        all_prompts,
-        params,
-        max_queue=state.config.max_queue,
-        timeout=state.config.request_timeout,
-        user=body.user,
-    )
-    run.submit()
-    env = Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+    run, env = _submit(request, "cmpl", all_prompts, params, body.user)
     echoes = [texts[c // body.n] if body.echo else "" for c in range(len(all_prompts))]
     if body.stream:
         chunks = _completion_stream(run, body, env, state, echoes)
-        return StreamingResponse(
-            _finish_stream(run, env, "text_completion", body.include_usage, chunks),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        return _event_stream(run, env, "text_completion", body.include_usage, chunks)
     return await _until_disconnect(
         request, _completion_response(run, body, env, state, echoes), run
     )
