@@ -59,14 +59,6 @@ def write_models(root: Path, dim: int, layers: int, vocab: int) -> dict[str, Pat
     out["hf-bfloat16"] = root / "hf16"
     model.to(torch.bfloat16).save_pretrained(out["hf-bfloat16"])
     model.float()
-    # Reuse the factory's writers with this model's shapes.
-    factory.DIM, factory.N_LAYERS, factory.N_HEADS, factory.N_KV_HEADS = (
-        dim,
-        layers,
-        dim // 64,
-        max(1, dim // 256),
-    )
-    factory.VOCAB, factory.HIDDEN = vocab, cfg.intermediate_size
     (root / "meta").mkdir()
     sd = factory.meta_state_dict(model)
     params = {
@@ -85,40 +77,9 @@ def write_models(root: Path, dim: int, layers: int, vocab: int) -> dict[str, Pat
     out["meta-float32"] = root / "meta"
     for q in ("F32", "F16", "Q8_0"):
         p = root / f"model-{q}.gguf"
-        _write_gguf(factory, model, p, q)
+        factory.write_gguf(model, p, "3.0", q, tokenizer=False)
         out[f"gguf-{q}"] = p
     return out
-
-
-def _write_gguf(factory, model, path: Path, qtype: str) -> None:
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(8192)
-    w.add_embedding_length(factory.DIM)
-    w.add_block_count(factory.N_LAYERS)
-    w.add_feed_forward_length(factory.HIDDEN)
-    w.add_head_count(factory.N_HEADS)
-    w.add_head_count_kv(factory.N_KV_HEADS)
-    w.add_rope_freq_base(500000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(factory.VOCAB)
-    qt = getattr(gguf.GGMLQuantizationType, qtype)
-    for name, t in factory.meta_state_dict(model).items():
-        arr = t.float().numpy()
-        if arr.ndim == 2 and qtype == "F16":
-            w.add_tensor(factory._gguf_tensor_name(name), arr.astype(np.float16))
-        elif arr.ndim == 2 and qtype != "F32":
-            w.add_tensor(
-                factory._gguf_tensor_name(name), gguf.quants.quantize(arr, qt), raw_dtype=qt
-            )
-        else:
-            w.add_tensor(factory._gguf_tensor_name(name), arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def main() -> None:

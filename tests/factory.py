@@ -90,16 +90,30 @@ def write_hf(model, out: Path, variant: str) -> Path:
     return out
 
 
+def _shapes(model) -> tuple[int, int, int, int, int, int]:
+    """(dim, layers, heads, kv heads, vocab, hidden) from the transformers model's config."""
+    c = model.config
+    return (
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+        c.intermediate_size,
+    )
+
+
 def meta_state_dict(model) -> dict[str, torch.Tensor]:
     """HF names and rotate-half q/k rows -> Meta names and interleaved rows (Meta's convert, inverted)."""
-    head_dim = DIM // N_HEADS
+    dim, n_layers, n_heads, n_kv_heads, _, _ = _shapes(model)
+    head_dim = dim // n_heads
 
     def to_meta(w: torch.Tensor, heads: int) -> torch.Tensor:
         # HF wrote rows as (head, half, pair-index); Meta's order is (head, pair-index, half).
         return (
-            w.reshape(heads, 2, head_dim // 2, DIM)
+            w.reshape(heads, 2, head_dim // 2, dim)
             .permute(0, 2, 1, 3)
-            .reshape(heads * head_dim, DIM)
+            .reshape(heads * head_dim, dim)
         )
 
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -109,11 +123,11 @@ def meta_state_dict(model) -> dict[str, torch.Tensor]:
     }
     if not model.config.tie_word_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
-    for i in range(N_LAYERS):
+    for i in range(n_layers):
         p = f"model.layers.{i}."
-        out[f"layers.{i}.attention.wq.weight"] = to_meta(sd[p + "self_attn.q_proj.weight"], N_HEADS)
+        out[f"layers.{i}.attention.wq.weight"] = to_meta(sd[p + "self_attn.q_proj.weight"], n_heads)
         out[f"layers.{i}.attention.wk.weight"] = to_meta(
-            sd[p + "self_attn.k_proj.weight"], N_KV_HEADS
+            sd[p + "self_attn.k_proj.weight"], n_kv_heads
         )
         out[f"layers.{i}.attention.wv.weight"] = sd[p + "self_attn.v_proj.weight"]
         out[f"layers.{i}.attention.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
@@ -214,27 +228,32 @@ def write_gguf_tokenizer(writer, variant: str = "3.1") -> None:
     writer.add_chat_template(json.loads(cfg.read_text())["chat_template"])
 
 
-def write_gguf(model, out: Path, variant: str, qtype: str = "F32") -> Path:
-    """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes it: Meta-layout q/k, reversed dims."""
+def write_gguf(
+    model, out: Path, variant: str, qtype: str = "F32", *, tokenizer: bool = True
+) -> Path:
+    """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes it: Meta-layout q/k, reversed dims.
+    Shapes come from the model's config; `qtype` F32, F16 or any type gguf can quantize to."""
     import gguf
 
+    dim, n_layers, n_heads, n_kv_heads, vocab, hidden = _shapes(model)
     factor, tied = VARIANTS[variant]
     w = gguf.GGUFWriter(str(out), "llama")
     w.add_context_length(131072 if factor else 8192)
-    w.add_embedding_length(DIM)
-    w.add_block_count(N_LAYERS)
-    w.add_feed_forward_length(HIDDEN)
-    w.add_head_count(N_HEADS)
-    w.add_head_count_kv(N_KV_HEADS)
-    w.add_rope_dimension_count(DIM // N_HEADS)
+    w.add_embedding_length(dim)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(hidden)
+    w.add_head_count(n_heads)
+    w.add_head_count_kv(n_kv_heads)
+    w.add_rope_dimension_count(dim // n_heads)
     w.add_rope_freq_base(500000.0)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(VOCAB)
-    write_gguf_tokenizer(w, variant)
+    w.add_vocab_size(vocab)
+    if tokenizer:
+        write_gguf_tokenizer(w, variant)
     if factor:
         # llama.cpp stores Llama 3.1 scaling as per-frequency divisors (convert_hf_to_gguf.py).
         base = 1.0 / (
-            500000.0 ** (np.arange(0, DIM // N_HEADS, 2, dtype=np.float32) / (DIM // N_HEADS))
+            500000.0 ** (np.arange(0, dim // n_heads, 2, dtype=np.float32) / (dim // n_heads))
         )
         lo, hi, old = 8192 / 1.0, 8192 / 4.0, 8192
         factors = []
@@ -251,7 +270,9 @@ def write_gguf(model, out: Path, variant: str, qtype: str = "F32") -> Path:
     qt = getattr(gguf.GGMLQuantizationType, qtype)
     for name, t in meta_state_dict(model).items():
         arr = t.float().numpy()
-        if arr.ndim == 2 and qt != gguf.GGMLQuantizationType.F32:
+        if arr.ndim == 2 and qtype == "F16":
+            w.add_tensor(_gguf_tensor_name(name), arr.astype(np.float16))
+        elif arr.ndim == 2 and qt != gguf.GGMLQuantizationType.F32:
             data = gguf.quants.quantize(arr, qt)
             w.add_tensor(_gguf_tensor_name(name), data, raw_dtype=qt)
         else:
