@@ -6,6 +6,8 @@ Drop-in for Meta's reference package (`from llama3 import Llama, Tokenizer, Chat
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import ModelArgs, RopeScaling
 from .errors import (
     CheckpointError,
@@ -16,13 +18,31 @@ from .errors import (
     TokenizerError,
     UnsupportedFormatError,
 )
-from .generation.llama import ChatPrediction, CompletionPrediction, Llama
 from .generation.params import GenerationResult, SamplingParams, TokenEvent
-from .model.transformer import Transformer
 from .tokenizer.chat_format import ChatFormat, Dialog, Message, Role
 from .tokenizer.tiktoken_bpe import Tokenizer
 
 __version__ = "0.1.0"
+
+# What needs torch is imported on first use, so `llama3 --help`, `llama3 download` and
+# `llama3 tokenize` start without loading torch (~2 s).
+_LAZY = {
+    "Llama": ".generation.llama",
+    "ChatPrediction": ".generation.llama",
+    "CompletionPrediction": ".generation.llama",
+    "Transformer": ".model.transformer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'llama3' has no attribute {name!r}")
+
 
 __all__ = [
     "ChatFormat",

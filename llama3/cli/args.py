@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..generation.llama import Llama
 from ..generation.params import SamplingParams
 from ..registry import resolve_model
+
+if TYPE_CHECKING:
+    from ..generation.llama import Llama
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +48,8 @@ def resolve_model_path(spec: str | None) -> Path:
 
 
 def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
+    from ..generation.llama import Llama
+
     path = resolve_model(args.model)
     return Llama.load(
         path,

@@ -15,12 +15,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..errors import InvalidRequestError, Llama3Error
-from ..generation.llama import Llama
 from ..generation.params import SamplingParams
 from .args import add_model_arguments, add_sampling_arguments, load_llama, sampling_params
+
+if TYPE_CHECKING:
+    from ..generation.llama import Llama
 
 DIM, RESET = "\033[2m", "\033[0m"
 ROLES = ("system", "user", "assistant", "tool", "ipython")

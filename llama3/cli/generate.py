@@ -12,11 +12,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidRequestError
-from ..generation.llama import Llama
 from ..generation.params import GenerationResult, SamplingParams
 from .args import add_model_arguments, add_sampling_arguments, load_llama, sampling_params
+
+if TYPE_CHECKING:
+    from ..generation.llama import Llama
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

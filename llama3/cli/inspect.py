@@ -10,7 +10,6 @@ import argparse
 import json
 from typing import Any
 
-from ..doctor import format_bytes, inspect_model
 from ..errors import InvalidRequestError
 from .args import add_model_arguments, resolve_model_path
 
@@ -50,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(
             f"--max-seq-len must be at least 2, got {args.max_seq_len}", "use 2 or more"
         )
+    from ..doctor import inspect_model
+
     report = inspect_model(
         resolve_model_path(model_spec(args)),
         max_seq_len=args.max_seq_len,
@@ -78,6 +79,12 @@ def render(r: dict[str, Any]) -> str:
         _chat(out, r["chat"])
     _findings(out, r["findings"])
     return "\n".join(out)
+
+
+def format_bytes(n: int) -> str:
+    from ..doctor import format_bytes as fmt
+
+    return fmt(n)
 
 
 def _row(out: list[str], key: str, value: Any) -> None:
