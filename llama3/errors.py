@@ -55,11 +55,33 @@ class InvalidRequestError(Llama3Error):
 class ContextLengthExceeded(InvalidRequestError):
     """The prompt (plus what must be generated) does not fit in the model's context window."""
 
-    def __init__(self, prompt_tokens: int, limit: int, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        prompt_tokens: int,
+        limit: int,
+        hint: str | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        """With `max_tokens`: the prompt fits, but not with that many new tokens after it."""
+        if max_tokens is None:
+            message = (
+                f"the prompt has {prompt_tokens} tokens but the context window is {limit} tokens"
+            )
+            default_hint = (
+                "shorten the prompt or raise max_seq_len (if the model and memory allow it)"
+            )
+        else:
+            message = (
+                f"{max_tokens} new tokens were asked for, but the prompt has {prompt_tokens} "
+                f"tokens and the context window is {limit} tokens"
+            )
+            default_hint = (
+                f"lower max_tokens to {limit - prompt_tokens} or less, or shorten the prompt"
+            )
         super().__init__(
-            f"the prompt has {prompt_tokens} tokens but the context window is {limit} tokens",
-            hint or "shorten the prompt or raise max_seq_len (if the model and memory allow it)",
-            param="prompt",
+            message,
+            hint or default_hint,
+            param="prompt" if max_tokens is None else "max_tokens",
         )
         self.prompt_tokens = prompt_tokens
         self.limit = limit

@@ -76,8 +76,6 @@ class AsyncLLMEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: steps run and tokens computed since the start (metrics)
-        self.num_steps = 0
 
     # ---- life cycle ------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -194,7 +192,6 @@ class AsyncLLMEngine:
                         items.append((stream, err))
                 self._deliver(items)
                 continue
-            self.num_steps += 1
             items = []
             with self._lock:
                 for o in outs:

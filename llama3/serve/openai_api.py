@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .openai_format import CompletionLogprobs, Envelope, TokenText, chat_logprob, sse, usage
 from .protocol import (
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
@@ -45,11 +46,11 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def _messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+def _dialog(messages: list[ChatMessage]) -> list[dict[str, str]]:
     # OpenAI's "developer" role is the system role under another name.
     return [
         {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
+        for m in messages
     ]
 
 
@@ -80,6 +81,7 @@ def _submit(
     prefix: str,
     prompts: list[list[int]],
     params: list[SamplingParams],
+    prompt_tokens: int,
     user: str | None,
 ) -> tuple[Run, Envelope]:
     """Queue one sequence per (prompt, params) as one run; 429 when the queue is full."""
@@ -91,6 +93,7 @@ def _submit(
         rid,
         prompts,
         params,
+        prompt_tokens=prompt_tokens,
         max_queue=state.config.max_queue,
         timeout=state.config.request_timeout,
         user=user,
@@ -122,7 +125,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state.check_model(body.model)
     body.check()
     assert state.tokenizer is not None
-    prompt = state.formatter.encode_dialog_prompt(_messages(body))
+    prompt = state.formatter.encode_dialog_prompt(_dialog(body.messages))
     check_room(len(prompt), body.token_limit, engine.max_model_len)
     params = [
         body.sampling_params(
@@ -133,7 +136,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )
         for j in range(body.n)
     ]
-    run, env = _submit(request, "chatcmpl", [prompt] * body.n, params, body.user)
+    run, env = _submit(request, "chatcmpl", [prompt] * body.n, params, len(prompt), body.user)
     if body.stream:
         chunks = _chat_stream(run, body, env, state)
         return _event_stream(run, env, "chat.completion.chunk", body.include_usage, chunks)
@@ -152,7 +155,7 @@ async def _chat_response(
         async for j, out in run.events():
             ev = out.event
             texts[j] += ev.text
-            if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
+            if _scored(ev, stops, body, body.logprobs):
                 lps[j].append(chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs))
             if ev.finish_reason:
                 finish[j] = ev.finish_reason
@@ -173,9 +176,13 @@ async def _chat_response(
     )
 
 
-def _is_stop(ev: Any, stops: set[int], body: Any) -> bool:
-    """The model's own stop token ends the answer but is not part of it (no text, no logprob)."""
-    return ev.finish_reason == "stop" and not ev.text and ev.token in stops and not body.ignore_eos
+def _scored(ev: Any, stops: set[int], body: Any, wanted: bool) -> bool:
+    """Whether the event's token gets a logprob entry: asked for, computed, and not the model's
+    own stop token, which ends the answer but is not part of it."""
+    is_stop = (
+        ev.finish_reason == "stop" and not ev.text and ev.token in stops and not body.ignore_eos
+    )
+    return wanted and ev.logprob is not None and not is_stop
 
 
 async def _finish_stream(
@@ -213,7 +220,7 @@ async def _chat_stream(
     async for j, out in run.events():
         ev = out.event
         lp = None
-        if body.logprobs and ev.logprob is not None and not _is_stop(ev, stops, body):
+        if _scored(ev, stops, body, body.logprobs):
             lp = {"content": [chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs)]}
         if ev.text or lp:
             yield chunk(j, {"content": ev.text}, lp)
@@ -262,7 +269,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         for _ in prompts
         for j in range(body.n)
     ]
-    run, env = _submit(request, "cmpl", all_prompts, params, body.user)
+    n_prompt = sum(len(p) for p in prompts)
+    run, env = _submit(request, "cmpl", all_prompts, params, n_prompt, body.user)
     echoes = [texts[c // body.n] if body.echo else "" for c in range(len(all_prompts))]
     if body.stream:
         chunks = _completion_stream(run, body, env, state, echoes)
@@ -286,11 +294,7 @@ async def _completion_response(
             ev = out.event
             if out.prompt_logprobs is not None and body.logprobs is not None:
                 _add_prompt_logprobs(lps[j], tt, run.prompts[j], out, body.logprobs > 0)
-            if (
-                body.logprobs is not None
-                and ev.logprob is not None
-                and not _is_stop(ev, stops, body)
-            ):
+            if _scored(ev, stops, body, body.logprobs is not None):
                 lps[j].add(
                     tt, ev.token, ev.logprob, ev.top_logprobs, len(texts[j]), body.logprobs > 0
                 )
@@ -349,7 +353,7 @@ async def _completion_stream(
             _add_prompt_logprobs(first, tt, run.prompts[j], out, body.logprobs > 0)
             yield chunk(j, echoes[j], first.as_dict())
         lp = None
-        if body.logprobs is not None and ev.logprob is not None and not _is_stop(ev, stops, body):
+        if _scored(ev, stops, body, body.logprobs is not None):
             one = CompletionLogprobs()
             one.add(tt, ev.token, ev.logprob, ev.top_logprobs, offsets[j], body.logprobs > 0)
             lp = one.as_dict()
@@ -394,11 +398,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        msgs = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        ids = state.formatter.encode_dialog_prompt(msgs)
+        ids = state.formatter.encode_dialog_prompt(_dialog(body.messages))
     elif body.add_special_tokens:
         ids = tok.encode_prompt(body.prompt or "")
     else:

@@ -33,17 +33,7 @@ def check_room(prompt_tokens: int, max_tokens: int | None, limit: int) -> None:
     if prompt_tokens >= limit:
         raise ContextLengthExceeded(prompt_tokens, limit)
     if max_tokens is not None and prompt_tokens + max_tokens > limit:
-        e = ContextLengthExceeded(
-            prompt_tokens,
-            limit,
-            hint=f"lower max_tokens to {limit - prompt_tokens} or less, or shorten the prompt",
-        )
-        e.message = (
-            f"{max_tokens} new tokens were asked for, but the prompt has {prompt_tokens} tokens "
-            f"and the context window is {limit} tokens"
-        )
-        e.param = "max_tokens"
-        raise e
+        raise ContextLengthExceeded(prompt_tokens, limit, max_tokens=max_tokens)
 
 
 class Run:
@@ -55,6 +45,7 @@ class Run:
         prompts: Sequence[list[int]],
         params: Sequence[SamplingParams],
         *,
+        prompt_tokens: int,
         max_queue: int,
         timeout: float | None,
         user: str | None = None,
@@ -62,6 +53,8 @@ class Run:
         self.engine, self.metrics = engine, metrics
         self.id = request_id
         self.prompts, self.params = list(prompts), list(params)
+        #: for usage and metrics: n choices of one prompt count its tokens once, as OpenAI's do
+        self.prompt_tokens = prompt_tokens
         self.max_queue, self.timeout, self.user = max_queue, timeout, user
         self.t0 = time.perf_counter()
         self.deadline = None if timeout is None else self.t0 + timeout
@@ -71,14 +64,6 @@ class Run:
         self.completion_tokens = 0
         self.outcome = "ok"
         self._closed = False
-
-    @property
-    def prompt_tokens(self) -> int:
-        # n choices of one prompt count its tokens once, as OpenAI's usage does
-        seen: dict[int, int] = {}
-        for p in self.prompts:
-            seen.setdefault(id(p), len(p))
-        return sum(seen.values())
 
     def submit(self) -> None:
         waiting = self.engine.stats().num_waiting

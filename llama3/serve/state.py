@@ -75,7 +75,6 @@ class ServerState:
         self._formatter: ChatFormatter | None = None
         self._formatter_error: Llama3Error | None = None
         self.load_error: Exception | None = None
-        self.ready = threading.Event()
 
     # ---- loading ---------------------------------------------------------------------------------
     def start_loading(
@@ -113,7 +112,6 @@ class ServerState:
             self._formatter_error = e
         engine.start(loop)
         self.engine = engine
-        self.ready.set()
         log.info(
             "serving %s as %r: %d KV blocks of %d tokens, max_model_len %d, max_num_seqs %d "
             "(loaded in %.1f s)",
