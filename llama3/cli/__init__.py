@@ -22,6 +22,7 @@ VERBS = {
     "download": "download Meta checkpoints (signed URL) or Hugging Face repos",
     "perplexity": "perplexity over a text, and KL divergence against a reference model",
     "serve": "OpenAI-compatible HTTP server with continuous batching and a browser chat page",
+    "bench": "load/prefill/decode speed and memory, side by side with llama.cpp and transformers",
 }
 
 

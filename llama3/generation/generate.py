@@ -10,6 +10,7 @@ This module knows token ids and the tokenizer interface, not chat formats or HTT
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
 from .params import GenerationResult, SamplingParams, TokenEvent
 from .sequence_state import SequenceState, sample_next_tokens, validate_prompt
+
+if TYPE_CHECKING:
+    from ..model.compiled import CompiledDecoder
 
 
 class BatchGeneration:
@@ -32,6 +36,7 @@ class BatchGeneration:
         params: SamplingParams | Sequence[SamplingParams],
         *,
         max_seq_len: int,
+        decoder: CompiledDecoder | None = None,
     ) -> None:
         if not prompts:
             raise InvalidRequestError(
@@ -50,6 +55,11 @@ class BatchGeneration:
         self.prompts = [list(p) for p in prompts]
         self.params = list(params)
         self.max_seq_len = max_seq_len
+        if decoder is not None and (
+            len(prompts) > decoder.max_batch_size or max_seq_len > decoder.max_seq_len
+        ):
+            decoder = None  # larger than what was compiled for: run eagerly
+        self.decoder = decoder
         self.prompt_logprobs: list[list[float] | None] = [
             [0.0] if p.echo else None for p in self.params
         ]
@@ -67,9 +77,13 @@ class BatchGeneration:
         tokens = torch.zeros((bsz, total_len), dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        cache = KVCache(
-            model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype
-        )
+        decoder = self.decoder
+        if decoder is not None:
+            cache: KVCache = decoder.cache
+        else:
+            cache = KVCache(
+                model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype
+            )
         states = [
             SequenceState(i, p, sp, self.tokenizer, max_new=m, device=device)
             for i, (p, sp, m) in enumerate(zip(prompts, params, max_new))
@@ -78,12 +92,15 @@ class BatchGeneration:
 
         prev_pos = 0
         for cur_pos in range(min_len, total_len):
-            logits = model(
-                tokens[:, prev_pos:cur_pos],
-                prev_pos,
-                cache,
-                last_only=not (want_echo and prev_pos == 0),
-            )
+            if decoder is not None and cur_pos - prev_pos == 1:
+                logits = decoder.step(tokens[:, prev_pos:cur_pos], prev_pos)
+            else:
+                logits = model(
+                    tokens[:, prev_pos:cur_pos],
+                    prev_pos,
+                    cache,
+                    last_only=not (want_echo and prev_pos == 0),
+                )
             if want_echo and logits.shape[1] > 1:
                 self._record_prompt_logprobs(
                     logits[:, :-1], tokens[:, prev_pos + 1 : cur_pos], prev_pos + 1
@@ -122,9 +139,12 @@ def generate(
     params: SamplingParams | Sequence[SamplingParams],
     *,
     max_seq_len: int,
+    decoder: CompiledDecoder | None = None,
 ) -> list[GenerationResult]:
     """Run `BatchGeneration` to the end and collect one `GenerationResult` per prompt."""
-    run = BatchGeneration(model, tokenizer, prompts, params, max_seq_len=max_seq_len)
+    run = BatchGeneration(
+        model, tokenizer, prompts, params, max_seq_len=max_seq_len, decoder=decoder
+    )
     results = [GenerationResult(prompt_tokens=list(p)) for p in run.prompts]
     for r, p in zip(results, run.params):
         if p.logprobs is not None:

@@ -25,6 +25,7 @@ from .generate import BatchGeneration, generate
 from .params import GenerationResult, SamplingParams, TokenEvent
 
 if TYPE_CHECKING:
+    from ..model.compiled import CompiledDecoder
     from ..tokenizer.chat_format import ChatFormatter
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Llama:
         # Meta seeds the global RNG once in build(); we keep a private stream instead, so runs are
         # reproducible without touching torch's global generator.
         self._rng = random.Random(seed)
+        self._decoder: CompiledDecoder | None = None
 
     # ---- construction ----------------------------------------------------------------------------
     @staticmethod
@@ -154,6 +156,23 @@ class Llama:
             loaded=lm,
         )
 
+    def compile(self, batch_sizes: Sequence[int] | None = None) -> float:
+        """Decode with a `torch.compile`d step over a static cache (see `model.compiled`).
+
+        Compiles the step now for `batch_sizes` (default: 1 .. max_batch_size; `[]` compiles
+        nothing now, each shape on first use). Returns the seconds spent compiling. Raises
+        `UnsupportedFormatError` where torch.compile cannot run.
+        """
+        from ..model.compiled import CompiledDecoder, compile_available
+
+        why = compile_available()
+        if why:
+            raise UnsupportedFormatError(why, "run without --compile")
+        self._decoder = CompiledDecoder(self.model, self.max_batch_size, self.max_seq_len)
+        if batch_sizes is None:
+            batch_sizes = range(1, self.max_batch_size + 1)
+        return self._decoder.warm_up(batch_sizes)
+
     @property
     def formatter(self) -> ChatFormatter:
         """The model's chat format: Meta's for a Llama 3 tokenizer, else the shipped Jinja template."""
@@ -197,6 +216,7 @@ class Llama:
                 toks,
                 self._params(params, len(toks)),
                 max_seq_len=self.max_seq_len,
+                decoder=self._decoder,
             )
         )
 
@@ -213,6 +233,7 @@ class Llama:
             toks,
             self._params(params, len(toks)),
             max_seq_len=self.max_seq_len,
+            decoder=self._decoder,
         )
 
     def chat(
@@ -259,6 +280,7 @@ class Llama:
             prompt_tokens,
             self._params(params, len(prompt_tokens)),
             max_seq_len=self.max_seq_len,
+            decoder=self._decoder,
         )
         stops = set(self.tokenizer.stop_tokens)
         out_tokens, out_logprobs = [], []

@@ -147,6 +147,26 @@ class Transformer(nn.Module):
         sequences). Logits are computed for every position, only the last (`last_only`, shape
         (bsz, 1, vocab)), or only at `logits_indices` along the sequence dim.
         """
+        return self.logits(
+            tokens,
+            start_pos,
+            cache,
+            last_only=last_only,
+            positions=positions,
+            logits_indices=logits_indices,
+        )
+
+    def logits(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int | torch.Tensor = 0,
+        cache: KVCache | PagedBatch | None = None,
+        *,
+        last_only: bool = False,
+        positions: torch.Tensor | None = None,
+        logits_indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` without entering inference mode (torch.compile traces this under no_grad)."""
         seqlen = tokens.shape[1]
         h = self.tok_embeddings(tokens)
         if positions is None:

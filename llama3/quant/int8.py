@@ -10,7 +10,9 @@ activations are quantized to 8 bits for Q4/Q8 dot products). The error is measur
 
 from __future__ import annotations
 
+import itertools
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -40,6 +42,32 @@ La tour Eiffel mesure environ 330 metres. Der schnelle braune Fuchs springt uebe
 """
 
 
+#: fbgemm's packed weights, by key. torch.compile cannot trace the packed-weight object itself, so
+#: compiled graphs call `llama3::int8_linear` with the key, a plain int.
+_PACKED: dict[int, tuple[torch.ScriptObject, int, bool]] = {}
+_KEYS = itertools.count()
+
+
+# Defined with `torch.library.Library` rather than `custom_op`: its Python dispatch costs ~4 us a
+# call instead of ~20, and a decode step makes four such calls per layer.
+_LIB = torch.library.Library("llama3", "DEF")
+_LIB.define("int8_linear(Tensor x, int key) -> Tensor")
+
+
+def _int8_linear(x: torch.Tensor, key: int) -> torch.Tensor:
+    """fbgemm's int8 product of `x` (rows, in) with the packed weights registered under `key`."""
+    packed, _, reduce_range = _PACKED[key]
+    return torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+
+
+def _int8_linear_shape(x: torch.Tensor, key: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], _PACKED[key][1])
+
+
+_LIB.impl("int8_linear", _int8_linear, "CPU")
+_LIB._register_fake("int8_linear", _int8_linear_shape)
+
+
 class Int8Linear(nn.Module):
     """A bias-free linear layer holding int8 weights with one float scale per output row."""
 
@@ -67,7 +95,10 @@ class Int8Linear(nn.Module):
             # them are what we use, and the warning would otherwise reach users at every load.
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qw, None)
+            packed = torch.ops.quantized.linear_prepack(qw, None)
+        self._key = next(_KEYS)
+        _PACKED[self._key] = (packed, self.out_features, reduce_range)
+        weakref.finalize(self, _PACKED.pop, self._key, None)
         self._anchor = torch.zeros(1, self.in_features)
         self._anchor[0, 0], self._anchor[0, -1] = 1.0, -1.0
 
@@ -85,9 +116,13 @@ class Int8Linear(nn.Module):
         # is linear in each row: the scale comes back out.
         s = x2.abs().amax(dim=1, keepdim=True) + 1e-30
         xs = torch.cat([x2 / s, self._anchor])
-        y = torch.ops.quantized.linear_dynamic(xs, self._packed, self.reduce_range)[:-1] * s
+        y = torch.ops.llama3.int8_linear(xs, self._key)[:-1] * s
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def weight_nbytes(self) -> int:
+        """Bytes a product reads: the int8 weights and a float32 scale per row."""
+        return self.out_features * (self.in_features + 4)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"

@@ -1,0 +1,36 @@
+"""The machine's memory read bandwidth, which bounds decoding: every decoded token reads every weight.
+
+Measured by summing a buffer much larger than the caches with all benchmark threads; the best of a
+few passes is the figure (a sum is one load and one add per element, so it runs at read speed).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+#: large enough to defeat every cache level of a desktop or server CPU
+BUFFER_BYTES = 512 * 2**20
+
+
+def read_bandwidth(threads: int, *, nbytes: int = BUFFER_BYTES, passes: int = 7) -> float:
+    """Bytes per second read by a float32 reduction over `nbytes` with `threads` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buf = torch.ones(nbytes // 4, dtype=torch.float32)
+        buf.sum()  # fault the pages in
+        best = float("inf")
+        for _ in range(passes):
+            t = time.perf_counter()
+            buf.sum()
+            best = min(best, time.perf_counter() - t)
+        return buf.numel() * 4 / best
+    finally:
+        torch.set_num_threads(before)
+
+
+def decode_bound(weight_bytes: int, bandwidth: float) -> float:
+    """Tokens per second at which reading `weight_bytes` per token saturates `bandwidth`."""
+    return bandwidth / weight_bytes

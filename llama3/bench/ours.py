@@ -1,0 +1,73 @@
+"""This engine under the benchmark: the same `BatchGeneration` path `llama3 generate` runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from torch import nn
+
+
+def weight_bytes_per_token(model: nn.Module) -> int:
+    """Bytes of weights one decoded token reads: every projection and norm, the output head, and
+    one embedding row (counted as nothing); a tied head is the embedding table, read in full."""
+    seen: set[int] = set()
+    total = 0
+    for mod in model.modules():
+        sized = getattr(mod, "weight_nbytes", None)
+        if callable(sized):  # quantized layers know what they hold
+            total += sized()
+            continue
+        if isinstance(mod, nn.Embedding):
+            continue
+        for p in mod.parameters(recurse=False):
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+    return total
+
+
+class OursEngine:
+    name = "llama3"
+
+    def __init__(
+        self,
+        model: Path,
+        *,
+        max_seq_len: int,
+        max_batch: int,
+        quantize: str | None = None,
+        compile: bool = False,
+        compile_batches: list[int] | None = None,
+    ) -> None:
+        from ..generation.llama import Llama
+
+        self.llm = Llama.load(
+            model, max_seq_len=max_seq_len, max_batch_size=max_batch, quantize=quantize
+        )
+        #: seconds spent compiling at load (reported with the warm-up, not the load)
+        self.compile_s = self.llm.compile(batch_sizes=compile_batches) if compile else 0.0
+        self.weight_bytes = weight_bytes_per_token(self.llm.model)
+        self.label = (
+            "llama3" + (f" {quantize}" if quantize else "") + (" compiled" if compile else "")
+        )
+
+    def _stamps(self, prompts: list[list[int]], new_tokens: int) -> list[float]:
+        """Seconds from the call to each step's tokens (greedy, never stopping early)."""
+        from ..generation.generate import BatchGeneration
+        from ..generation.params import SamplingParams
+
+        params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        run = BatchGeneration(
+            self.llm.model, self.llm.tokenizer, prompts, params, max_seq_len=self.llm.max_seq_len
+        )
+        t0 = time.perf_counter()
+        stamps = [time.perf_counter() - t0 for ev in run if ev.index == 0]
+        return stamps
+
+    def prefill(self, prompt: list[int]) -> float:
+        return self._stamps([prompt], 1)[0]
+
+    def decode(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+        s = self._stamps(prompts, new_tokens)
+        return s[0], s[-1] - s[0]
