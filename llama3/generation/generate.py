@@ -79,7 +79,7 @@ class BatchGeneration:
             tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
         decoder = self.decoder
         if decoder is not None:
-            cache: KVCache = decoder.cache
+            cache: KVCache = decoder.cache_for(bsz)
         else:
             cache = KVCache(
                 model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype

@@ -1,8 +1,11 @@
 """The decode step compiled with `torch.compile` over a `StaticKVCache`.
 
-One graph per (batch size, attention window); `warm_up` compiles the buckets a run will use before
-the first request, so no request waits on the compiler. Inductor's on-disk cache keeps the compiled
-code across runs. Prefill stays eager: its lengths vary, and one long product per layer has no
+One graph per batch size (the attention window is a dynamic size); `warm_up` compiles the batch
+sizes a run will use before the first request, so no request waits on the compiler. Inductor's on-disk cache keeps the compiled
+code across runs. On CUDA the step is replayed as a CUDA graph.
+
+Measured on a 2-core AVX2 CPU (BENCHMARKS.md): no faster than eager there, because the step's time
+is in the weight products (memory-bound MKL/fbgemm calls), not in per-operator overhead. Prefill stays eager: its lengths vary, and one long product per layer has no
 per-operator overhead to remove.
 """
 
@@ -14,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .static_cache import StaticKVCache, window_for, windows
+from .static_cache import StaticKVCache, window_for
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -41,14 +44,14 @@ class CompiledDecoder:
         self.model = model
         model.inv_freq(weight.device)  # computed once now, not inside (and mutated by) the graph
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
-        self.cache = StaticKVCache(
-            model.params, max_batch_size, max_seq_len, device=weight.device, dtype=weight.dtype
-        )
-        # recompiles are expected: one per (batch size, window) bucket, warmed up front
+        self._caches: dict[int, StaticKVCache] = {}
+        # one graph per batch size is expected
         torch._dynamo.config.recompile_limit = max(
-            torch._dynamo.config.recompile_limit, 4 * max_batch_size * len(windows(max_seq_len))
+            torch._dynamo.config.recompile_limit, 2 * max_batch_size
         )
-        options = {}
+        options: dict[str, object] = {}
+        if weight.device.type == "cuda":
+            options["triton.cudagraphs"] = True  # replay the whole step: no per-kernel launches
         skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         if skip is not None:
             # The weights never change after load, so checking each of them before every step
@@ -58,29 +61,44 @@ class CompiledDecoder:
             self._forward, fullgraph=True, dynamic=False, options=options
         )
 
-    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(tokens, pos, self.cache, positions=pos, last_only=True)
+    def cache_for(self, batch_size: int) -> StaticKVCache:
+        """The cache for batches of exactly `batch_size` rows (allocated on first use). One per
+        size: writing into row slices of a larger cache would make the compiled graph copy it."""
+        if batch_size not in self._caches:
+            w = self.model.tok_embeddings.weight
+            self._caches[batch_size] = StaticKVCache(
+                self.model.params, batch_size, self.max_seq_len, device=w.device, dtype=w.dtype
+            )
+        return self._caches[batch_size]
+
+    def _forward(
+        self, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticKVCache
+    ) -> torch.Tensor:
+        return self.model.logits(tokens, pos, cache, positions=pos, last_only=True)
 
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Logits (bsz, 1, vocab) for `tokens` (bsz, 1) at `position`, the same for every row."""
-        self.cache.window = window_for(position, self.max_seq_len)
-        pos = torch.tensor([position], device=tokens.device)
+        device = tokens.device
+        window = window_for(position, self.max_seq_len)
+        visible = torch.arange(window, device=device) <= position
+        torch._dynamo.maybe_mark_dynamic(visible, 0)
+        cache = self.cache_for(tokens.shape[0])
+        cache.visible = visible
+        pos = torch.tensor([position], device=device)
         # no_grad, not inference mode: dynamo cannot trace writes into the cache views under
         # inference mode
         with torch.no_grad():
-            return self._compiled(tokens, pos).clone()
+            return self._compiled(tokens, pos, cache).clone()
 
-    def warm_up(self, batch_sizes: Iterable[int], *, up_to: int | None = None) -> float:
-        """Compile every bucket for `batch_sizes` and windows up to position `up_to`; seconds."""
+    def warm_up(self, batch_sizes: Iterable[int]) -> float:
+        """Compile the step for `batch_sizes` (every window); returns the seconds it took."""
         t = time.perf_counter()
         device = self.model.tok_embeddings.weight.device
-        last = (up_to or self.max_seq_len) - 1
         for b in batch_sizes:
             tokens = torch.zeros((b, 1), dtype=torch.long, device=device)
-            for w in windows(self.max_seq_len):
-                self.step(tokens, min(w - 1, last))
-                if w > last:
-                    break
+            # two windows, so the graph is built with a dynamic window from the start
+            for position in {0, self.max_seq_len - 1}:
+                self.step(tokens, position)
         took = time.perf_counter() - t
         log.info("compiled the decode step in %.1f s", took)
         return took

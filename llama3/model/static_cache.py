@@ -2,9 +2,10 @@
 
 Allocated once for the most sequences and the longest context (as Meta's reference allocates its
 cache at build time). A decode step passes its position as a tensor: the new keys/values are
-written with `index_copy_` and the step attends over a fixed `window` of the cache, masked beyond
-the position. Windows are a few buckets (256, 512, ... up to the cache length), so a compiler sees
-one shape per (batch size, window) and attention reads only about twice the keys it needs.
+written with `index_copy_` and the step attends over a window of the cache, masked beyond the
+position. Windows are a few buckets (256, 512, ... up to the cache length), so attention reads at
+most about twice the keys it needs; the window length comes from the `visible` mask, which a
+compiler treats as a dynamic size, so one graph serves every window.
 Prefill (an int start position) uses the contiguous cache's path unchanged.
 """
 
@@ -44,8 +45,9 @@ class StaticKVCache(KVCache):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(args, max_batch_size, max_seq_len, device=device, dtype=dtype)
-        #: keys a decode step attends over (set per step from `window_for`)
-        self.window = windows(max_seq_len)[0]
+        #: which keys of the window a decode step sees (bool, shape (window,)); its length is the
+        #: window, set per step by the caller (see `CompiledDecoder.step`)
+        self.visible: torch.Tensor | None = None
 
     def attend(
         self,
@@ -62,15 +64,18 @@ class StaticKVCache(KVCache):
         ck, cv = self.k[layer][:bsz], self.v[layer][:bsz]
         ck.index_copy_(2, start_pos, k.to(ck.dtype))
         cv.index_copy_(2, start_pos, v.to(cv.dtype))
-        keys = ck[:, :, : self.window].to(q.dtype)
-        values = cv[:, :, : self.window].to(q.dtype)
+        visible = self.visible
+        if visible is None:
+            raise RuntimeError("set StaticKVCache.visible before a decode step")
+        window = visible.shape[0]
+        keys = ck[:, :, :window].to(q.dtype)
+        values = cv[:, :, :window].to(q.dtype)
         # One query per row: written as broadcasts and sums, which the compiler fuses into a few
         # loops (an SDPA or bmm call costs ~0.05-0.1 ms here, twice per layer). Query heads are
         # grouped by the kv head they read: heads j*group .. (j+1)*group-1 read kv head j.
         n_kv, hd = keys.shape[1], keys.shape[3]
         qg = q.reshape(bsz, n_kv, -1, 1, hd)  # (bsz, n_kv, group, 1, hd)
         scores = (qg * keys[:, :, None]).sum(-1) * hd**-0.5  # (bsz, n_kv, group, window)
-        visible = torch.arange(self.window, device=q.device) <= start_pos
         probs = torch.softmax(scores.float().masked_fill(~visible, float("-inf")), dim=-1)
         out = (probs.to(q.dtype)[..., None] * values[:, :, None]).sum(-2)  # (bsz, n_kv, group, hd)
         return out.reshape(bsz, -1, 1, hd)

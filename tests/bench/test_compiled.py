@@ -35,6 +35,3 @@ def test_compiled_decode_equals_eager(tiny):
         torch.testing.assert_close(
             torch.tensor(g.logprobs), torch.tensor(w.logprobs), rtol=0, atol=1e-4
         )
-    # a batch size not compiled up front compiles on first use and agrees too
-    one = fast.complete(prompts[:1], params)[0]
-    assert one.tokens == want[0].tokens
