@@ -1,12 +1,13 @@
 """The decode step compiled with `torch.compile` over a `StaticKVCache`.
 
 One graph per batch size (the attention window is a dynamic size); `warm_up` compiles the batch
-sizes a run will use before the first request, so no request waits on the compiler. Inductor's on-disk cache keeps the compiled
-code across runs. On CUDA the step is replayed as a CUDA graph.
+sizes a run will use before the first request, so no request waits on the compiler. Inductor's
+on-disk cache keeps the compiled code across runs. On CUDA the step replays as a CUDA graph.
+Prefill stays eager: its lengths vary, and one long product per layer has no per-operator
+overhead to remove.
 
-Measured on a 2-core AVX2 CPU (BENCHMARKS.md): no faster than eager there, because the step's time
-is in the weight products (memory-bound MKL/fbgemm calls), not in per-operator overhead. Prefill stays eager: its lengths vary, and one long product per layer has no
-per-operator overhead to remove.
+Measured on a 2-core AVX2 CPU (BENCHMARKS.md): no faster than eager there, because the step's
+time is in the weight products (memory-bound MKL/fbgemm calls), not in per-operator overhead.
 """
 
 from __future__ import annotations
