@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
 
 
+def add_compile_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a torch.compile'd step (needs a C++ compiler on CPU; the first run "
+        "compiles for minutes, later runs reuse the cache)",
+    )
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
@@ -51,7 +61,7 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
     from ..generation.llama import Llama
 
     path = resolve_model(args.model)
-    return Llama.load(
+    llm = Llama.load(
         path,
         device=args.device,
         dtype=args.dtype,
@@ -60,6 +70,13 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         progress=not getattr(args, "quiet", False),
         quantize=getattr(args, "quantize", None),
     )
+    if getattr(args, "compile", False):
+        if not getattr(args, "quiet", False):
+            print("compiling the decode step ...", file=sys.stderr, flush=True)
+        took = llm.compile(batch_sizes=[max_batch_size])
+        if not getattr(args, "quiet", False):
+            print(f"compiled in {took:.0f} s", file=sys.stderr, flush=True)
+    return llm
 
 
 def sampling_params(args: argparse.Namespace, **extra) -> SamplingParams:

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..errors import InvalidRequestError, Llama3Error
 from ..generation.params import SamplingParams
-from .args import add_model_arguments, add_sampling_arguments, load_llama, sampling_params
+from .args import (
+    add_compile_argument,
+    add_model_arguments,
+    add_sampling_arguments,
+    load_llama,
+    sampling_params,
+)
 
 if TYPE_CHECKING:
     from ..generation.llama import Llama
@@ -52,6 +58,7 @@ Ctrl-C while an answer streams stops it and keeps the partial answer."""
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
+    add_compile_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--system", help="system prompt")
 

@@ -35,3 +35,16 @@ def test_compiled_decode_equals_eager(tiny):
         torch.testing.assert_close(
             torch.tensor(g.logprobs), torch.tensor(w.logprobs), rtol=0, atol=1e-4
         )
+
+
+def test_generate_cli_with_compile_prints_the_same_text(tiny):
+    import subprocess
+    import sys
+
+    path = str(tiny.path("3.0", "gguf"))
+    cmd = [sys.executable, "-m", "llama3", "generate", "Hello", "--model", path, "--quiet"]
+    cmd += ["--temperature", "0", "--max-tokens", "8", "--max-seq-len", "64"]
+    eager = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    fast = subprocess.run([*cmd, "--compile"], capture_output=True, text=True, timeout=600)
+    assert eager.returncode == 0 and fast.returncode == 0, fast.stderr
+    assert fast.stdout == eager.stdout
