@@ -1,4 +1,5 @@
-"""This engine under the benchmark: the same `BatchGeneration` path `llama3 generate` runs."""
+"""This engine under the benchmark: `Llama.stream`, the path `llama3 generate` runs (with the
+compiled step when `--compile`)."""
 
 from __future__ import annotations
 
