@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
+from .engine import TimedEngine
+
 INSTALL_HINT = "transformers is not installed; `pip install transformers`"
 
 
-class TransformersEngine:
+class TransformersEngine(TimedEngine):
     name = "transformers"
 
     def __init__(self, model: Path) -> None:
@@ -50,10 +52,3 @@ class TransformersEngine:
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             stamps.append(time.perf_counter() - t0)
         return stamps
-
-    def prefill(self, prompt: list[int]) -> float:
-        return self._stamps([prompt], 1)[0]
-
-    def decode(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
-        s = self._stamps(prompts, new_tokens)
-        return s[0], s[-1] - s[0]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import TimedEngine
+
 INSTALL_HINT = (
     "llama-cpp-python is not installed; `pip install llama-cpp-python` builds llama.cpp (~10 min)"
 )
@@ -29,7 +31,7 @@ def gguf_weight_bytes(path: Path) -> int:
     return total
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(TimedEngine):
     name = "llama.cpp"
 
     def __init__(self, model: Path, *, threads: int, max_seq_len: int, max_batch: int) -> None:
@@ -85,7 +87,7 @@ class LlamaCppEngine:
                 self._decode(
                     [(t, start + j, s, last and j == len(chunk) - 1) for j, t in enumerate(chunk)]
                 )
-            nexts.append(self._argmax(len(p) - 1 - (len(p) - 1) // 512 * 512))
+            nexts.append(self._argmax((len(p) - 1) % 512))
         stamps = [time.perf_counter() - t0]
         for step in range(1, new_tokens):
             self._decode(
@@ -94,13 +96,6 @@ class LlamaCppEngine:
             nexts = [self._argmax(i) for i in range(len(prompts))]
             stamps.append(time.perf_counter() - t0)
         return stamps
-
-    def prefill(self, prompt: list[int]) -> float:
-        return self._stamps([prompt], 1)[0]
-
-    def decode(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
-        s = self._stamps(prompts, new_tokens)
-        return s[0], s[-1] - s[0]
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)

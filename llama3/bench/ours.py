@@ -8,6 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .engine import TimedEngine
+
 
 def weight_bytes_per_token(model: nn.Module) -> int:
     """Bytes of weights one decoded token reads: every projection and norm, the output head, and
@@ -28,7 +30,7 @@ def weight_bytes_per_token(model: nn.Module) -> int:
     return total
 
 
-class OursEngine:
+class OursEngine(TimedEngine):
     name = "llama3"
 
     def __init__(
@@ -54,18 +56,9 @@ class OursEngine:
         )
 
     def _stamps(self, prompts: list[list[int]], new_tokens: int) -> list[float]:
-        """Seconds from the call to each step's tokens (greedy, never stopping early)."""
         from ..generation.params import SamplingParams
 
         params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
         run = self.llm.stream(prompts, params)  # the public path: compiled step included
         t0 = time.perf_counter()
-        stamps = [time.perf_counter() - t0 for ev in run if ev.index == 0]
-        return stamps
-
-    def prefill(self, prompt: list[int]) -> float:
-        return self._stamps([prompt], 1)[0]
-
-    def decode(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
-        s = self._stamps(prompts, new_tokens)
-        return s[0], s[-1] - s[0]
+        return [time.perf_counter() - t0 for ev in run if ev.index == 0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .bandwidth import decode_bound
+
 MB = 1e6
 
 
@@ -13,10 +15,6 @@ def _cell(s: dict | None, fmt: str = "{:.1f}") -> str:
     if s["runs"] == 1:
         return fmt.format(s["median"])
     return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
-
-
-def _bound(r: dict, bw: float) -> float:
-    return bw / r["weight_bytes"]
 
 
 def rows(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
@@ -35,11 +33,11 @@ def rows(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
     out += [
         ("peak RSS MB", lambda r: f"{r['peak_rss_bytes'] / MB:.0f}"),
         ("weights read/token MB", lambda r: f"{r['weight_bytes'] / MB:.1f}"),
-        ("bandwidth bound tok/s", lambda r: f"{_bound(r, bw):.0f}"),
+        ("bandwidth bound tok/s", lambda r: f"{decode_bound(r['weight_bytes'], bw):.0f}"),
         (
             "decode b1 / bound",
             lambda r: (
-                f"{r['decode_tok_s']['1']['median'] / _bound(r, bw):.0%}"
+                f"{r['decode_tok_s']['1']['median'] / decode_bound(r['weight_bytes'], bw):.0%}"
                 if "1" in r["decode_tok_s"]
                 else "-"
             ),

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .engine import TimedEngine
 from .stats import Summary
 
 ENGINES = ("llama3", "llama.cpp", "transformers")
@@ -34,7 +35,7 @@ class WorkerSpec:
         return longest + 8
 
 
-def open_engine(spec: WorkerSpec):
+def open_engine(spec: WorkerSpec) -> TimedEngine:
     model = Path(spec.model)
     if spec.engine == "llama3":
         from .ours import OursEngine

@@ -61,20 +61,21 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
     from ..generation.llama import Llama
 
     path = resolve_model(args.model)
+    quiet = getattr(args, "quiet", False)
     llm = Llama.load(
         path,
         device=args.device,
         dtype=args.dtype,
         max_seq_len=args.max_seq_len,
         max_batch_size=max_batch_size,
-        progress=not getattr(args, "quiet", False),
+        progress=not quiet,
         quantize=getattr(args, "quantize", None),
     )
     if getattr(args, "compile", False):
-        if not getattr(args, "quiet", False):
+        if not quiet:
             print("compiling the decode step ...", file=sys.stderr, flush=True)
         took = llm.compile(batch_sizes=[max_batch_size])
-        if not getattr(args, "quiet", False):
+        if not quiet:
             print(f"compiled in {took:.0f} s", file=sys.stderr, flush=True)
     return llm
 

@@ -57,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(
             f"unknown engine {', '.join(bad) or '(none)'}", f"choose from {', '.join(ENGINES)}"
         )
-    for name in ("prompt_tokens", "new_tokens", "runs"):
-        if getattr(args, name) < 1 or (name == "new_tokens" and args.new_tokens < 2):
-            flag = "--" + name.replace("_", "-")
-            raise InvalidRequestError(f"{flag} is too small", f"pass {flag} 2 or more")
+    # a decode rate needs two tokens: the first one's time is the TTFT
+    for flag, least in (("--prompt-tokens", 1), ("--new-tokens", 2), ("--runs", 1)):
+        if getattr(args, flag[2:].replace("-", "_")) < least:
+            raise InvalidRequestError(f"{flag} is too small", f"pass {flag} {least} or more")
     path = resolve_model(args.model_pos or args.model)
     tokenizer = load_tokenizer_for(read_checkpoint(path))
     cfg = BenchConfig(

@@ -1,7 +1,7 @@
 """A key/value cache whose decode steps have static shapes, so a compiled step is reused.
 
-Allocated once for the most sequences and the longest context (as Meta's reference allocates its
-cache at build time). A decode step passes its position as a tensor: the new keys/values are
+Allocated once per batch size for the longest context (as Meta's reference allocates its cache at
+build time). A decode step passes its position as a tensor: the new keys/values are
 written with `index_copy_` and the step attends over a window of the cache, masked beyond the
 position. Windows are a few buckets (256, 512, ... up to the cache length), so attention reads at
 most about twice the keys it needs; the window length comes from the `visible` mask, which a
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ModelArgs
 from .kv_cache import KVCache
 
 #: the smallest window a decode step attends over
@@ -35,19 +34,11 @@ def window_for(position: int, max_seq_len: int, smallest: int = MIN_WINDOW) -> i
 
 
 class StaticKVCache(KVCache):
-    def __init__(
-        self,
-        args: ModelArgs,
-        max_batch_size: int,
-        max_seq_len: int,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(args, max_batch_size, max_seq_len, device=device, dtype=dtype)
-        #: which keys of the window a decode step sees (bool, shape (window,)); its length is the
-        #: window, set per step by the caller (see `CompiledDecoder.step`)
-        self.visible: torch.Tensor | None = None
+    """Allocated per batch size (see `CompiledDecoder.cache_for`): a decode step writes every row."""
+
+    #: which keys of the window a decode step sees (bool, shape (window,)); its length is the
+    #: window, set per step by the caller (see `CompiledDecoder.step`)
+    visible: torch.Tensor | None = None
 
     def attend(
         self,
@@ -61,7 +52,7 @@ class StaticKVCache(KVCache):
             return super().attend(layer, start_pos, q, k, v)
         # one new position per row, the same for all rows: `start_pos` has shape (1,)
         bsz = q.shape[0]
-        ck, cv = self.k[layer][:bsz], self.v[layer][:bsz]
+        ck, cv = self.k[layer], self.v[layer]
         ck.index_copy_(2, start_pos, k.to(ck.dtype))
         cv.index_copy_(2, start_pos, v.to(cv.dtype))
         visible = self.visible
