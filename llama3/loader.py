@@ -56,7 +56,7 @@ def load_tokenizer_for(
 
         return load_tokenizer(p)
     src = ckpt.tokenizer_source
-    if ckpt.format == "gguf":
+    if ckpt.format == "gguf" or ckpt.metadata.get("tokenizer.ggml.model"):
         from .tokenizer.gguf_vocab import tokenizer_from_gguf
 
         return tokenizer_from_gguf(ckpt.metadata)
@@ -106,7 +106,8 @@ def load(
     quantize: str | None = None,
 ) -> LoadedModel:
     """Read, check and build. `progress` draws a bar on a terminal while the weights load;
-    `quantize` ("int8") runs the projections on int8 weights (CPU)."""
+    `quantize` ("int8", "int4", "int4-g64", "int4-g128") quantizes the projections layer by layer
+    as they load (CPU); a checkpoint written by `llama3 quantize` loads quantized by itself."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -117,12 +118,22 @@ def load(
 
     itemsize = torch.empty((), dtype=dt).element_size()
     total = sum(math.prod(t.shape) for t in ckpt.tensors.values()) * itemsize
+    quantizer = None
+    if quantize is None and ckpt.quantization is not None:
+        quantize = ckpt.quantization.name  # a quantized checkpoint loads as what it is
+    if quantize is not None:
+        from .quant.apply import LoadQuantizer, QuantSpec, check_device
+
+        spec = QuantSpec.parse(quantize)
+        check_device(spec, dev)
+        if ckpt.quantization is not None and ckpt.quantization != spec:
+            raise ConfigError(
+                f"{ckpt.path} holds {ckpt.quantization.name} weights, not {spec.name}",
+                f"drop --quantize or pass --quantize {ckpt.quantization.name}",
+            )
+        quantizer = LoadQuantizer(spec)
     with Progress(
         total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
     ) as bar:
-        model = build_model(ckpt, device=dev, dtype=dt, on_bytes=bar.update)
-    if quantize is not None:
-        from .quant.int8 import CALIBRATION_TEXT, quantize_model
-
-        quantize_model(model, quantize, tok.encode_prompt(CALIBRATION_TEXT))
+        model = build_model(ckpt, device=dev, dtype=dt, on_bytes=bar.update, quantizer=quantizer)
     return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0)

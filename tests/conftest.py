@@ -103,7 +103,8 @@ class TinyModels:
         return self._cache[key]
 
     def path(self, variant: str, fmt: str) -> Path:
-        """fmt: 'hf', 'meta' (1 shard), 'meta2' (2 shards), 'gguf' (F32), 'gguf-q8' (Q8_0)."""
+        """fmt: 'hf', 'meta' (1 shard), 'meta2' (2 shards), 'gguf' (F32), 'gguf-q8' (Q8_0),
+        'gguf-q4' (Q4_0)."""
         key = (variant, fmt)
         if key not in self._cache:
             import factory
@@ -118,6 +119,8 @@ class TinyModels:
                 p = factory.write_gguf(m, out.with_suffix(".gguf"), variant)
             elif fmt == "gguf-q8":
                 p = factory.write_gguf(m, out.with_suffix(".gguf"), variant, qtype="Q8_0")
+            elif fmt == "gguf-q4":
+                p = factory.write_gguf(m, out.with_suffix(".gguf"), variant, qtype="Q4_0")
             else:
                 raise ValueError(fmt)
             self._cache[key] = p

@@ -1,7 +1,7 @@
 """One entry point for every checkpoint format: detect it, read it, return a `LoadedCheckpoint`.
 
 Formats: Meta's native directory (params.json + consolidated.NN.pth), a Hugging Face directory
-(config.json + safetensors), and a llama.cpp GGUF file.
+(config.json + safetensors), a llama.cpp GGUF file, and a directory written by `llama3 quantize`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .gguf_file import is_gguf_file, read_gguf_checkpoint
 from .hf_safetensors import is_hf_dir, read_hf_checkpoint
 from .loaded import Format, LoadedCheckpoint, TensorSource
 from .meta_pth import is_meta_dir, read_meta_checkpoint
+from .quantized import is_quantized_dir, read_quantized_checkpoint
 
 __all__ = ["Format", "LoadedCheckpoint", "TensorSource", "detect_format", "read_checkpoint"]
 
@@ -40,6 +41,8 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
             "pass a .gguf file, a Meta checkpoint directory (params.json + consolidated.00.pth) "
             "or a Hugging Face directory (config.json + *.safetensors)",
         )
+    if is_quantized_dir(p):
+        return "quantized", p
     if is_hf_dir(p):
         return "hf", p
     if is_meta_dir(p):
@@ -59,7 +62,10 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
 
 def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     fmt, p = detect_format(path)
-    reader = {"meta": read_meta_checkpoint, "hf": read_hf_checkpoint, "gguf": read_gguf_checkpoint}[
-        fmt
-    ]
+    reader = {
+        "meta": read_meta_checkpoint,
+        "hf": read_hf_checkpoint,
+        "gguf": read_gguf_checkpoint,
+        "quantized": read_quantized_checkpoint,
+    }[fmt]
     return reader(p)

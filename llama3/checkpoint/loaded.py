@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ..config import ModelArgs
 
-Format = Literal["meta", "hf", "gguf"]
+if TYPE_CHECKING:
+    from ..quant.apply import QuantSpec
+
+Format = Literal["meta", "hf", "gguf", "quantized"]
 
 
 @dataclass
@@ -47,3 +50,5 @@ class LoadedCheckpoint:
     rope_freq_factors: torch.Tensor | None = None
     #: generation_config.json contents (HF), used for the stop set and defaults
     generation_config: dict[str, Any] = field(default_factory=dict)
+    #: set for checkpoints written by `llama3 quantize`: their projections are stored quantized
+    quantization: QuantSpec | None = None

@@ -20,6 +20,7 @@ VERBS = {
     "inspect": "the doctor: format, config, memory, tokenizer, stop set, chat template, pitfalls",
     "tokenize": "show the token ids and pieces of a text",
     "download": "download Meta checkpoints (signed URL) or Hugging Face repos",
+    "quantize": "write an int8 or int4 checkpoint that loads quantized",
     "perplexity": "perplexity over a text, and KL divergence against a reference model",
     "serve": "OpenAI-compatible HTTP server with continuous batching and a browser chat page",
     "bench": "load/prefill/decode speed and memory, side by side with llama.cpp and transformers",

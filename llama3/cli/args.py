@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..generation.params import SamplingParams
+from ..quant import SCHEMES, SCHEMES_HELP
 from ..registry import resolve_model
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="run the projections on int8 weights (CPU; faster, a quarter of the memory)",
+        choices=SCHEMES,
+        help=SCHEMES_HELP,
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
 

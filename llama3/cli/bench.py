@@ -9,6 +9,7 @@ import os
 import sys
 
 from ..errors import InvalidRequestError
+from ..quant import SCHEMES, SCHEMES_HELP
 
 
 def _ints(text: str) -> list[int]:
@@ -36,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per run (128)")
     p.add_argument("--batch", type=_ints, default=[1, 8], help="decode batch sizes (1,8)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per figure (3)")
-    p.add_argument("--quantize", choices=["int8"], help="quantize our model at load")
+    p.add_argument(
+        "--quantize", choices=SCHEMES, help="quantize our model at load: " + SCHEMES_HELP
+    )
     p.add_argument("--compile", action="store_true", help="our decode step with torch.compile")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+from ..quant import SCHEMES, SCHEMES_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kl-divergence-base", metavar="REF", help="reference model: report KL(REF || MODEL)"
     )
-    p.add_argument("--quantize", choices=["int8"], help="quantize MODEL (not the reference)")
+    p.add_argument(
+        "--quantize", choices=SCHEMES, help="quantize MODEL (not the reference): " + SCHEMES_HELP
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.add_argument("--dtype", help="float32, bfloat16, float16")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")

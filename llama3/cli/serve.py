@@ -15,6 +15,7 @@ import socket
 import sys
 
 from ..errors import InvalidRequestError, Llama3Error
+from ..quant import SCHEMES, SCHEMES_HELP
 from ..registry import resolve_model
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -39,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help="float32, bfloat16, float16")
     g.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="run the projections on int8 weights (CPU; faster, a quarter of the memory)",
+        choices=SCHEMES,
+        help=SCHEMES_HELP,
     )
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=int, default=16, help="requests in a batch (default 16)")

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from ..checkpoint.loaded import LoadedCheckpoint
 from ..errors import CheckpointError
 from .transformer import Transformer
+
+if TYPE_CHECKING:
+    from ..quant.apply import LoadQuantizer
 
 
 def _malloc_trim() -> None:
@@ -67,24 +73,41 @@ def build_model(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     on_bytes: Callable[[int], None] | None = None,
+    quantizer: LoadQuantizer | None = None,
 ) -> Transformer:
-    """Build the model; `on_bytes(n)` is told each tensor's size in `dtype` as it is materialised."""
+    """Build the model; `on_bytes(n)` is told each tensor's size in `dtype` as it is materialised.
+
+    With a `quantizer`, each layer is quantized as soon as its tensors are read (the quantizer
+    may claim tensors it builds without a float copy), so peak memory is the quantized model plus
+    one float layer.
+    """
     args = ckpt.args
     with torch.device("meta"):
         model = Transformer(args)
     expected = expected_shapes(model)
     if args.tie_word_embeddings:
         expected.pop("output.weight")
+    if ckpt.quantization is not None:
+        from ..quant.apply import saved_shapes
+
+        if quantizer is None:
+            raise CheckpointError(
+                f"{ckpt.path} holds {ckpt.quantization.name} weights",
+                f"load it with --quantize {ckpt.quantization.name} (or quantize='...')",
+            )
+        expected = saved_shapes(expected, ckpt.quantization)
     check_tensors(ckpt, expected)
 
-    state: dict[str, torch.Tensor] = {}
     on_cpu = torch.device(device).type == "cpu"
-    for name in expected:
+    names = list(expected)
+    for pos, name in enumerate(names):
         src = ckpt.tensors[name]
         try:
-            state[name] = src.load(dtype).to(device)
+            if quantizer is None or not quantizer.take(name, src):
+                tensor = src.load(dtype).to(device)
+                _assign(model, name, tensor)
             if on_bytes is not None:
-                on_bytes(state[name].numel() * state[name].element_size())
+                on_bytes(math.prod(src.shape) * dtype.itemsize)
         except CheckpointError:
             raise
         except Exception as e:  # a short read inside a mapped file surfaces here
@@ -92,14 +115,29 @@ def build_model(
                 f"cannot read tensor {src.origin}: {type(e).__name__}: {e}",
                 "the file is truncated or corrupt; download it again",
             ) from None
+        layer = _layer_of(name)
+        last = pos + 1 == len(names) or layer != _layer_of(names[pos + 1])
+        if quantizer is not None and layer is not None and last:
+            quantizer.layer_loaded(model, layer)
         if on_cpu:
             _malloc_trim()
-    if args.tie_word_embeddings:
-        state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if args.tie_word_embeddings:
+    if args.tie_word_embeddings and ckpt.quantization is None:
         model.tie_weights()
+    if quantizer is not None:
+        quantizer.head_loaded(model)
     if ckpt.rope_freq_factors is not None:
         model.rope_freq_factors = ckpt.rope_freq_factors.to(device)
+    left = [n for n, p in model.named_parameters() if p.is_meta]
+    if left:  # check_tensors makes this unreachable; never hand out a half-built model
+        raise CheckpointError(f"{ckpt.path}: tensor {left[0]} was never loaded", "report this bug")
     model.requires_grad_(False)
     return model.eval()
+
+
+def _assign(model: Transformer, name: str, tensor: torch.Tensor) -> None:
+    module, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(module), leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def _layer_of(name: str) -> int | None:
+    return int(name.split(".")[1]) if name.startswith("layers.") else None

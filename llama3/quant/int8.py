@@ -1,11 +1,14 @@
-"""Int8 weights run as int8 on CPU: per-output-channel symmetric weights, activations quantized
-per call (dynamic), products in PyTorch's fbgemm int8 GEMM.
+"""Int8 weights run as int8 on CPU: per-output-channel symmetric int8 weights, products in
+PyTorch's fbgemm int8 GEMM, activations carried as two 7-bit digits so the result is, to ~1e-4,
+the float product with the int8 weights (weight-only int8 quality, int8 memory and bandwidth).
 
-On this class of CPU (AVX2 + FMA, no VNNI) fbgemm's int8 GEMM is 1.3-2.3x faster than float32 MKL
-for the layer projections and 4-8x for the vocabulary projection (`bench/linear_rows.py
---int8`), and the weights take a quarter of the memory. llama.cpp computes the same way (its
-activations are quantized to 8 bits for Q4/Q8 dot products). The error is measured, not assumed:
-`llama3 perplexity` and the tests report KL divergence against the float model.
+fbgemm quantizes its input to 7 bits per call (AVX2's 16-bit pair sums must not saturate); alone
+that costs SmolLM2-135M 5 % perplexity. Each row x (a token) is scaled to max |x| = 1 and split
+into x = hi + lo * STEP / 2, where hi lies exactly on fbgemm's grid and lo (the rounding residual,
+rescaled to [-1, 1]) is quantized again, so the product reads the weights once for both digits
+and the activation error drops from 2^-7 to 2^-14 of the row's range. An anchor row [1, -1, 0, …]
+pins every call's range to [-1, 1]: a row's integers, and its result, never depend on the rest of
+the batch. Measured on SmolLM2 (BENCHMARKS.md): KL 0.006 against float, perplexity +0.4 %.
 """
 
 from __future__ import annotations
@@ -17,34 +20,14 @@ import weakref
 import torch
 from torch import nn
 
-from ..errors import InvalidRequestError
-
-SCHEMES = ("int8",)
-
-#: SmoothQuant's migration strength: how much of an activation channel's range moves into the
-#: weights (0.5 splits it evenly; Xiao et al. 2023)
-SMOOTH_ALPHA = 0.5
-
-#: Text whose activations set the smoothing factors: prose, dialogue, code and numbers, so that
-#: the channels that carry outliers on any of them are found. Not the text we evaluate on.
-CALIBRATION_TEXT = """\
-The committee met on Tuesday, 14 March, to review the budget for the coming year. After a long
-discussion, the members agreed to raise the library's funding by 12% and to postpone the new roof.
-"Are you sure this will work?" she asked. "Not at all," he replied, "but it is worth a try."
-def fibonacci(n: int) -> list[int]:
-    seq = [0, 1]
-    while len(seq) < n:
-        seq.append(seq[-1] + seq[-2])
-    return seq[:n]
-Photosynthesis converts light energy into chemical energy: 6 CO2 + 6 H2O -> C6H12O6 + 6 O2.
-Q: What is the capital of Japan? A: Tokyo. Q: How many legs does a spider have? A: Eight.
-La tour Eiffel mesure environ 330 metres. Der schnelle braune Fuchs springt ueber den faulen Hund.
-"""
-
+#: fbgemm's grid for an input pinned to [-1, 1] at 7 bits: step 2/127, zero point 64. The high
+#: digit keeps to +-63 steps (-64 would lie below -1 and move the call's range, hence its grid).
+STEP = 2.0 / 127
+_DIGIT = 63
 
 #: fbgemm's packed weights, by key. torch.compile cannot trace the packed-weight object itself, so
 #: compiled graphs call `llama3::int8_linear` with the key, a plain int.
-_PACKED: dict[int, tuple[torch.ScriptObject, int, bool]] = {}
+_PACKED: dict[int, tuple[torch.ScriptObject, int]] = {}
 _KEYS = itertools.count()
 
 
@@ -56,8 +39,7 @@ _LIB.define("int8_linear(Tensor x, int key) -> Tensor")
 
 def _int8_linear(x: torch.Tensor, key: int) -> torch.Tensor:
     """fbgemm's int8 product of `x` (rows, in) with the packed weights registered under `key`."""
-    packed, _, reduce_range = _PACKED[key]
-    return torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+    return torch.ops.quantized.linear_dynamic(x, _PACKED[key][0], True)
 
 
 def _int8_linear_shape(x: torch.Tensor, key: int) -> torch.Tensor:
@@ -68,57 +50,62 @@ _LIB.impl("int8_linear", _int8_linear, "CPU")
 _LIB._register_fake("int8_linear", _int8_linear_shape)
 
 
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 codes, float32 scale per row): symmetric, w ~= codes * scale[:, None]."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    codes = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes, scale
+
+
 class Int8Linear(nn.Module):
     """A bias-free linear layer holding int8 weights with one float scale per output row."""
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        *,
-        reduce_range: bool = True,
-        smooth: torch.Tensor | None = None,
-    ) -> None:
-        """`smooth` (per input channel): the weights are stored multiplied by it and the inputs
-        divided by it, which moves activation outliers into the (per-row scaled) weights."""
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
-        self.reduce_range = reduce_range
-        w = weight.detach().to(torch.float32)
-        self._inv_smooth = None
-        if smooth is not None:
-            w = w * smooth[None, :]
-            self._inv_smooth = (1.0 / smooth).to(torch.float32)
-        self.out_features, self.in_features = w.shape
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(torch.float64)
+        if codes.dtype != torch.int8 or codes.dim() != 2 or scale.shape != codes.shape[:1]:
+            raise ValueError("Int8Linear takes int8 codes (out, in) and one scale per row")
+        self.out_features, self.in_features = codes.shape
         zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():
             # PyTorch marks quantized-tensor constructors deprecated; the fbgemm kernels behind
             # them are what we use, and the warning would otherwise reach users at every load.
             warnings.simplefilter("ignore", UserWarning)
-            qw = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            qw = torch._make_per_channel_quantized_tensor(codes, scale.double(), zero, 0)
             packed = torch.ops.quantized.linear_prepack(qw, None)
         self._key = next(_KEYS)
-        _PACKED[self._key] = (packed, self.out_features, reduce_range)
+        _PACKED[self._key] = (packed, self.out_features)
         weakref.finalize(self, _PACKED.pop, self._key, None)
         self._anchor = torch.zeros(1, self.in_features)
         self._anchor[0, 0], self._anchor[0, -1] = 1.0, -1.0
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int8Linear:
+        return cls(*quantize_rows(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
             x2 = x2.float()
-        if self._inv_smooth is not None:
-            x2 = x2 * self._inv_smooth
-        # fbgemm quantizes activations with one range per call. Each row (token) is scaled to
-        # max |x| = 1, so one token's outliers cannot flatten the others (KL 0.97 -> 0.03 on
-        # SmolLM2's w2), and an anchor row [1, -1, 0, ...] pins the call's range to [-1, 1], so
-        # a row's integers, and its result, do not depend on the rest of the batch. The product
-        # is linear in each row: the scale comes back out.
+        n = x2.shape[0]
         s = x2.abs().amax(dim=1, keepdim=True) + 1e-30
-        xs = torch.cat([x2 / s, self._anchor])
-        y = torch.ops.llama3.int8_linear(xs, self._key)[:-1] * s
+        xs = x2 / s
+        hi = torch.round(xs * (1 / STEP)).clamp_(-_DIGIT, _DIGIT) * STEP
+        lo = ((xs - hi) * (2 / STEP)).clamp_(-1.0, 1.0)
+        y = torch.ops.llama3.int8_linear(torch.cat([hi, lo, self._anchor]), self._key)
+        y = torch.addcmul(y[:n], y[n : 2 * n], torch.tensor(STEP / 2)) * s
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The int8 codes and row scales (unpacked from fbgemm's layout), to save a checkpoint."""
+        qw, _ = torch.ops.quantized.linear_unpack(_PACKED[self._key][0])
+        return {"codes": qw.int_repr(), "scale": qw.q_per_channel_scales().float()}
+
+    def dequantize(self) -> torch.Tensor:
+        t = self.tensors()
+        return t["codes"].float() * t["scale"][:, None]
 
     def weight_nbytes(self) -> int:
         """Bytes a product reads: the int8 weights and a float32 scale per row."""
@@ -126,84 +113,3 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
-
-def _targets(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    out: list[tuple[nn.Module, str]] = []
-    for layer in model.layers:
-        att, ff = layer.attention, layer.feed_forward
-        out += [(att, n) for n in ("wq", "wk", "wv", "wo")]
-        out += [(ff, n) for n in ("w1", "w2", "w3")]
-    return out + [(model, "output")]
-
-
-#: projections that read the same input, run as one product: (parent attribute, fused name)
-_FUSED = (("attention", ("wq", "wk", "wv"), "wqkv"), ("feed_forward", ("w1", "w3"), "w13"))
-
-
-@torch.inference_mode()
-def activation_ranges(model: nn.Module, tokens: list[int]) -> dict[int, torch.Tensor]:
-    """max |input| per channel of every projection, over one forward pass on `tokens`."""
-    ranges: dict[int, torch.Tensor] = {}
-    hooks = []
-    for parent, name in _targets(model):
-        mod = getattr(parent, name)
-
-        def hook(m: nn.Module, args: tuple[torch.Tensor, ...], key: int = id(mod)) -> None:
-            x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
-            ranges[key] = torch.maximum(ranges[key], x) if key in ranges else x
-
-        hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        dev = model.tok_embeddings.weight.device
-        model(torch.tensor([tokens], device=dev))
-    finally:
-        for h in hooks:
-            h.remove()
-    return ranges
-
-
-def quantize_model(
-    model: nn.Module, scheme: str, calibration_tokens: list[int] | None = None
-) -> nn.Module:
-    """Replace the projections of every layer and the output head with `scheme` in place.
-
-    With `calibration_tokens` (see `CALIBRATION_TEXT`), each projection is smoothed first
-    (SmoothQuant): a channel's activation range is split evenly with its weights. Embeddings
-    and norms stay in float (a lookup reads one row; norms are tiny).
-    """
-    if scheme not in SCHEMES:
-        raise InvalidRequestError(
-            f"unknown quantization {scheme!r}", f"use one of: {', '.join(SCHEMES)}", "quantize"
-        )
-    device = model.tok_embeddings.weight.device
-    if device.type != "cpu":
-        raise InvalidRequestError(
-            f"--quantize {scheme} runs on CPU only (the model is on {device})",
-            "drop --quantize on GPU: bfloat16 is the fast path there",
-            "quantize",
-        )
-    ranges = activation_ranges(model, calibration_tokens) if calibration_tokens else {}
-
-    def quantized(weights: list[torch.Tensor], x_range: torch.Tensor | None) -> Int8Linear:
-        w = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0]
-        smooth = None
-        if x_range is not None:
-            w_range = w.abs().amax(dim=0).float().clamp(min=1e-5)
-            smooth = x_range.clamp(min=1e-5) ** SMOOTH_ALPHA / w_range ** (1 - SMOOTH_ALPHA)
-            smooth = smooth.clamp(min=1e-5)
-        return Int8Linear(w, smooth=smooth)
-
-    for layer in model.layers:
-        for parent_name, names, fused in _FUSED:
-            parent = getattr(layer, parent_name)
-            mods = [getattr(parent, n) for n in names]
-            # the fused projections share one input, so one range (they were hooked alike)
-            setattr(parent, fused, quantized([m.weight for m in mods], ranges.get(id(mods[0]))))
-            for n in names:
-                delattr(parent, n)
-        for parent, name in ((layer.attention, "wo"), (layer.feed_forward, "w2")):
-            mod = getattr(parent, name)
-            setattr(parent, name, quantized([mod.weight], ranges.get(id(mod))))
-    model.output = quantized([model.output.weight], ranges.get(id(model.output)))
-    return model
