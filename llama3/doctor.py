@@ -122,6 +122,13 @@ def config_section(ckpt: LoadedCheckpoint) -> dict[str, Any]:
 
 
 def weights_section(ckpt: LoadedCheckpoint, dtype: torch.dtype) -> dict[str, Any]:
+    if ckpt.quantization is not None:  # stored as it runs: the file's bytes are the weights'
+        return {
+            "parameters": ckpt.args.num_parameters(),
+            "stored_dtypes": dict(sorted(stored_dtypes(ckpt).items())),
+            "dtype": ckpt.quantization.name,
+            "bytes": sum(f.stat().st_size for f in ckpt.files),
+        }
     params = sum(math.prod(t.shape) for t in ckpt.tensors.values())
     return {
         "parameters": params,
@@ -138,7 +145,7 @@ def stored_dtypes(ckpt: LoadedCheckpoint) -> Counter[str]:
         from .quant.gguf_blocks import type_name
 
         counts.update(type_name(int(t.ggml_type)) for t in ckpt.tensors.values())
-    elif ckpt.format == "hf":
+    elif ckpt.format in ("hf", "quantized"):
         for f in ckpt.files:
             if f.suffix == ".safetensors":
                 counts.update(_safetensors_dtypes(f))
@@ -163,6 +170,10 @@ def shape_findings(ckpt: LoadedCheckpoint) -> list[Finding]:
         expected = expected_shapes(Transformer(ckpt.args))
     if ckpt.args.tie_word_embeddings:
         expected.pop("output.weight", None)
+    if ckpt.quantization is not None:
+        from .quant.apply import saved_shapes
+
+        expected = saved_shapes(expected, ckpt.quantization)
     try:
         check_tensors(ckpt, expected)
     except CheckpointError as e:
@@ -478,7 +489,9 @@ def embedding_rows(ckpt: LoadedCheckpoint, ids: list[int]) -> torch.Tensor | Non
         if ckpt.format == "gguf":
             return _gguf_rows(src, ids)
         if ckpt.format == "hf":
-            return _hf_rows(ckpt, ids)
+            return _safetensors_rows(ckpt, ids, "model.embed_tokens.weight")
+        if ckpt.format == "quantized":
+            return _safetensors_rows(ckpt, ids, "tok_embeddings.weight")
         return _meta_rows(ckpt, ids, src.shape[0])
     except (Llama3Error, OSError, RuntimeError, ValueError):
         return None
@@ -497,15 +510,15 @@ def _gguf_rows(src: Any, ids: list[int]) -> torch.Tensor:
     )
 
 
-def _hf_rows(ckpt: LoadedCheckpoint, ids: list[int]) -> torch.Tensor | None:
+def _safetensors_rows(ckpt: LoadedCheckpoint, ids: list[int], name: str) -> torch.Tensor | None:
     from safetensors import safe_open
 
     for f in ckpt.files:
         if f.suffix != ".safetensors":
             continue
         with safe_open(str(f), framework="pt") as h:
-            if "model.embed_tokens.weight" in h.keys():
-                s = h.get_slice("model.embed_tokens.weight")
+            if name in h.keys():
+                s = h.get_slice(name)
                 return torch.cat([s[i : i + 1] for i in ids])
     return None
 

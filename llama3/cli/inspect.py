@@ -92,7 +92,12 @@ def _row(out: list[str], key: str, value: Any) -> None:
 
 
 def _model(out: list[str], m: dict[str, Any]) -> None:
-    fmt = {"meta": "Meta native", "hf": "Hugging Face safetensors", "gguf": "GGUF (llama.cpp)"}
+    fmt = {
+        "meta": "Meta native",
+        "hf": "Hugging Face safetensors",
+        "gguf": "GGUF (llama.cpp)",
+        "quantized": "llama3 quantize output",
+    }
     out.append(f"model: {m['name']}")
     _row(out, "path", m["path"])
     _row(

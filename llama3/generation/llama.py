@@ -116,9 +116,11 @@ class Llama:
         progress: bool = False,
         quantize: str | None = None,
     ) -> Llama:
-        """Load a Meta directory, a Hugging Face directory or a GGUF file.
+        """Load a Meta directory, a Hugging Face directory, a GGUF file or a `llama3 quantize`
+        directory (which loads quantized by itself).
 
-        `quantize="int8"` runs every projection on int8 weights with fbgemm (CPU).
+        `quantize` ("int8", "int4", "int4-g64", "int4-g128") stores the projections quantized,
+        layer by layer while loading (CPU); see `llama3.quant`.
 
         Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
         bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,

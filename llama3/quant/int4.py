@@ -6,10 +6,11 @@ float32 scales and zeros: 6 bits a weight at group 32. GGUF's Q4_0, Q4_1 and Q4_
 at group 32 (`Int4Linear.from_gguf` keeps their bits; no requantization).
 
 Why no int4 matmul kernel: PyTorch's `_weight_int4pack_mm_for_cpu` is vectorised on x86 for
-bfloat16 only; with float32 activations it runs a scalar loop (int4mm_kernel.cpp), measured ~2x
-slower than the path below for one row and linear in rows after that. So forward dequantizes a slab
-of rows at a time (small enough to stay in L2) and hands it to the float GEMM. The plain layout is
-then the only copy: `tensors()` returns it as is, and nothing float outlives a call.
+bfloat16 only; with float32 activations it runs a scalar loop (int4mm_kernel.cpp), measured
+1.5-2x slower than the path below for one row and 7-10x slower at eight rows (its cost grows
+linearly with rows). So forward dequantizes a slab of rows at a time (small enough to stay in
+cache) and hands it to the float GEMM. The plain layout is then the only copy: `tensors()` returns
+it as is, and nothing float outlives a call.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from .gguf_blocks import _as_flat_tensor, _f16_field, _q4_k_scales_mins, block_l
 
 GROUPS = (32, 64, 128)
 
-#: weights dequantized per slab in forward: 256K floats = 1 MiB, which stays in this CPU's L2
-_SLAB_ELEMENTS = 1 << 18
+#: weights dequantized per slab in forward: 2M floats = 8 MiB, which the GEMM reads back from L3.
+#: Measured on 2 AVX2 cores: 1 MiB slabs pay ~0.1 ms of op overhead each, 16 MiB ones miss L3, and
+#: a whole 49152x576 head at once is 4x slower (it streams 113 MiB through DRAM twice).
+_SLAB_ELEMENTS = 1 << 21
 
 #: GGUF blocks repacked per step at load: bounds the temporaries for vocabulary-sized tensors
 _GGUF_CHUNK_BLOCKS = 1 << 16
@@ -43,10 +46,12 @@ def _check_group(group: int, in_features: int) -> None:
             "group",
         )
     if in_features % group:
+        fits = [str(g) for g in GROUPS if in_features % g == 0]
         raise InvalidRequestError(
             f"in_features {in_features} is not a multiple of the int4 group size {group}",
-            f"pick a group size that divides {in_features} (one of: "
-            f"{', '.join(str(g) for g in GROUPS if in_features % g == 0) or 'none'})",
+            f"use group {' or '.join(fits)}"
+            if fits
+            else f"keep this layer in float: int4 needs in_features divisible by {GROUPS[0]}",
             "group",
         )
 
@@ -143,9 +148,9 @@ class Int4Linear(nn.Module):
         n_bytes = out_features * in_features // block_size * type_size
         if in_features % block_size or flat.numel() != n_bytes:
             raise CheckpointError(
-                f"a {type_name(ggml_type)} tensor of shape {(out_features, in_features)} needs rows "
-                f"of whole {block_size}-element blocks ({n_bytes} bytes) but {flat.numel()} bytes "
-                "were given",
+                f"a {type_name(ggml_type)} tensor of shape {(out_features, in_features)} needs "
+                f"rows of whole {block_size}-element blocks ({n_bytes} bytes) but {flat.numel()} "
+                "bytes were given",
                 "the GGUF file is truncated or corrupt; download it again",
             )
         blocks = flat.reshape(-1, type_size)
@@ -201,6 +206,8 @@ class Int4Linear(nn.Module):
         return max(1, _SLAB_ELEMENTS // self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in) -> (..., out). For inference: weights wider than one slab are multiplied
+        into slices of a preallocated output (`mm(out=)`), which autograd refuses."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:

@@ -26,6 +26,12 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def llm_int8(tiny):
+    """The server's engine runs quantized models through the same batched products."""
+    return Llama.load(tiny.path("3.1", "meta"), max_seq_len=256, max_batch_size=1, quantize="int8")
+
+
 def _alone(llm, prompt_ids, params):
     return llm.complete([prompt_ids], params)[0]
 
@@ -47,6 +53,24 @@ def _alone(llm, prompt_ids, params):
     ],
 )
 def test_greedy_engine_equals_running_alone(llm, cfg):
+    _check_greedy_equivalence(llm, cfg)
+
+
+def test_greedy_int8_engine_equals_running_alone(llm_int8):
+    """int8 rows are quantized on their own grid: batching cannot change a token."""
+    _check_greedy_equivalence(
+        llm_int8,
+        EngineConfig(
+            max_num_seqs=8,
+            max_num_batched_tokens=64,
+            block_size=16,
+            num_blocks=64,
+            max_model_len=256,
+        ),
+    )
+
+
+def _check_greedy_equivalence(llm, cfg):
     engine = LLMEngine(llm.model, llm.tokenizer, cfg)
     prompts = [llm.tokenizer.encode_prompt(p) for p in PROMPTS]
     max_tokens = [12, 5, 20, 12, 9]

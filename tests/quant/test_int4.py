@@ -124,4 +124,7 @@ def test_bad_group_is_a_clear_error() -> None:
     assert e.value.hint == "use one of: 32, 64, 128"
     with pytest.raises(InvalidRequestError, match="in_features 96 is not a multiple") as e:
         Int4Linear.from_float(torch.randn(4, 96), group=64)
-    assert e.value.hint is not None and "one of: 32" in e.value.hint
+    assert e.value.hint == "use group 32"
+    with pytest.raises(InvalidRequestError, match="in_features 80 is not a multiple") as e:
+        Int4Linear.from_float(torch.randn(4, 80))
+    assert e.value.hint == "keep this layer in float: int4 needs in_features divisible by 32"

@@ -49,6 +49,9 @@ def test_round_trip_is_bit_identical(tiny, tmp_path, capsys, variant, fmt, schem
     )
     assert again.tokenizer.stop_tokens == direct.tokenizer.stop_tokens
     assert torch.equal(_logits(again), _logits(direct))
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0  # the doctor reads it too
+    assert "llama3 quantize output" in capsys.readouterr().out
 
 
 def test_gguf_q4_as_int4_holds_the_files_exact_weights(tiny):
@@ -87,3 +90,15 @@ def test_bad_input_writes_nothing(tiny, tmp_path, capsys):
     with pytest.raises(ConfigError, match="holds int8 weights, not int4-g32"):
         Llama.load(out, quantize="int4", max_seq_len=64)
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+def test_requantizing_gguf_q4_to_another_group_warns(tiny, caplog):
+    from llama3.checkpoint import read_checkpoint
+    from llama3.quant.apply import LoadQuantizer, QuantSpec
+
+    ckpt = read_checkpoint(tiny.path("3.0", "gguf-q4"))
+    src = ckpt.tensors["layers.0.attention.wq.weight"]
+    assert LoadQuantizer(QuantSpec(4, 32)).take("layers.0.attention.wq.weight", src)
+    with caplog.at_level("WARNING"):
+        assert not LoadQuantizer(QuantSpec(4, 64)).take("layers.0.attention.wq.weight", src)
+    assert "--quantize int4 (group 32) runs the file's blocks" in caplog.text
