@@ -36,38 +36,23 @@ def _alone(llm, prompt_ids, params):
     return llm.complete([prompt_ids], params)[0]
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        EngineConfig(
-            max_num_seqs=8,
-            max_num_batched_tokens=64,
-            block_size=16,
-            num_blocks=64,
-            max_model_len=256,
-        ),
-        # tiny blocks and budget: chunked prefill everywhere, and preemption when blocks run out
-        EngineConfig(
-            max_num_seqs=4, max_num_batched_tokens=8, block_size=4, num_blocks=24, max_model_len=64
-        ),
-    ],
+ROOMY = EngineConfig(
+    max_num_seqs=8, max_num_batched_tokens=64, block_size=16, num_blocks=64, max_model_len=256
 )
+# tiny blocks and budget: chunked prefill everywhere, and preemption when blocks run out
+TIGHT = EngineConfig(
+    max_num_seqs=4, max_num_batched_tokens=8, block_size=4, num_blocks=24, max_model_len=64
+)
+
+
+@pytest.mark.parametrize("cfg", [ROOMY, TIGHT])
 def test_greedy_engine_equals_running_alone(llm, cfg):
     _check_greedy_equivalence(llm, cfg)
 
 
 def test_greedy_int8_engine_equals_running_alone(llm_int8):
     """int8 rows are quantized on their own grid: batching cannot change a token."""
-    _check_greedy_equivalence(
-        llm_int8,
-        EngineConfig(
-            max_num_seqs=8,
-            max_num_batched_tokens=64,
-            block_size=16,
-            num_blocks=64,
-            max_model_len=256,
-        ),
-    )
+    _check_greedy_equivalence(llm_int8, ROOMY)
 
 
 def _check_greedy_equivalence(llm, cfg):
