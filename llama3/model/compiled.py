@@ -46,6 +46,7 @@ class CompiledDecoder:
         model.inv_freq(weight.device)  # computed once now, not inside (and mutated by) the graph
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self._caches: dict[int, StaticKVCache] = {}
+        self._tokens: dict[int, torch.Tensor] = {}  # each step's input ids, per batch size
         # one graph per batch size is expected
         torch._dynamo.config.recompile_limit = max(
             torch._dynamo.config.recompile_limit, 2 * max_batch_size
@@ -85,6 +86,12 @@ class CompiledDecoder:
         torch._dynamo.maybe_mark_dynamic(visible, 0)
         cache = self.cache_for(tokens.shape[0])
         cache.visible = visible
+        # The caller's tokens are often a column of a longer buffer, whose stride the compiled
+        # graph would guard on (a recompile per prompt length): copy into one of ours.
+        b = tokens.shape[0]
+        if b not in self._tokens:
+            self._tokens[b] = torch.empty((b, 1), dtype=torch.long, device=device)
+        tokens = self._tokens[b].copy_(tokens)
         pos = torch.tensor([position], device=device)
         # no_grad, not inference mode: dynamo cannot trace writes into the cache views under
         # inference mode

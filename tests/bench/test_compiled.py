@@ -24,6 +24,7 @@ def test_compiled_decode_equals_eager(tiny):
     fast = Llama.load(path, max_seq_len=300, max_batch_size=2)
     took = fast.compile(batch_sizes=[2])
     assert took > 0
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     # prompts of different lengths (the shorter row generates while the longer is still forced),
     # long enough to cross from the 256-key window into the full one
     prompts = [list(range(1000, 1250)), list(range(2000, 2240))]
@@ -35,6 +36,9 @@ def test_compiled_decode_equals_eager(tiny):
         torch.testing.assert_close(
             torch.tensor(g.logprobs), torch.tensor(w.logprobs), rtol=0, atol=1e-4
         )
+    # other prompt lengths (the token buffer's stride changes with them) reuse the warmed graphs
+    fast.complete([p[:200] for p in prompts], params)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "recompiled"
 
 
 def test_generate_cli_with_compile_prints_the_same_text(tiny):
