@@ -49,8 +49,8 @@ class QuantSpec:
 
     @property
     def head(self) -> QuantSpec:
-        """The output head's scheme: int8 under int4 too. It sets every logit, and at int4 it
-        costs SmolLM2 most of its quality loss (llama.cpp's Q4 mixes keep it at 6 bits or more)."""
+        """The output head's scheme: int8 under int4 too. It sets every logit (llama.cpp's Q4
+        mixes likewise keep it at 6 bits or more)."""
         return QuantSpec(8)
 
     @property
@@ -112,12 +112,14 @@ def quantize_layer(layer: nn.Module, spec: QuantSpec, ready: dict[str, QuantLine
                 delattr(parent, n)
     for parent_name, name in SINGLE:
         parent = getattr(layer, parent_name)
-        q = ready.get(f"{parent_name}.{name}") or spec.from_float([getattr(parent, name).weight])
-        setattr(parent, name, q)
+        q = ready.get(f"{parent_name}.{name}")
+        setattr(
+            parent, name, q if q is not None else spec.from_float([getattr(parent, name).weight])
+        )
 
 
 def quantize_head(model: nn.Module, spec: QuantSpec, ready: QuantLinear | None = None) -> None:
-    model.output = ready or spec.head.from_float([model.output.weight])
+    model.output = ready if ready is not None else spec.head.from_float([model.output.weight])
 
 
 def quantize_model(model: nn.Module, scheme: str | QuantSpec) -> nn.Module:
