@@ -81,8 +81,9 @@ def read_quantized_checkpoint(path: Path) -> LoadedCheckpoint:
     tok = cfg.get("tokenizer") or {}
     metadata: dict[str, Any] = {"quantization": cfg}
     tokenizer_source: Path | None = None
-    if tok.get("kind") == "gguf":
-        metadata.update(json.loads((path / tok["file"]).read_text("utf-8")))
+    if tok.get("kind") == "gguf":  # the GGUF's vocabulary keys (the loader reads metadata)
+        tokenizer_source = path / tok["file"]
+        metadata.update(json.loads(tokenizer_source.read_text("utf-8")))
     elif tok.get("kind") == "tiktoken":
         tokenizer_source = path / tok["file"]
     elif tok.get("kind") == "hf":
