@@ -13,8 +13,11 @@ from safetensors import safe_open
 
 from ..config import ModelArgs, RopeScaling
 from ..errors import CheckpointError, ConfigError
+from ..quant import PARTS
 from .loaded import LoadedCheckpoint, TensorSource
 
+FORMAT = "llama3-quantized"
+VERSION = 1
 CONFIG = "quantization.json"
 WEIGHTS = "model.safetensors"
 
@@ -29,14 +32,14 @@ def _config(path: Path) -> dict[str, Any]:
         cfg = json.loads(f.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{f} is not valid JSON ({e})", "write the directory again") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != "llama3-quantized":
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ConfigError(
             f"{f} is not a llama3 quantized checkpoint",
             "write it with `llama3 quantize MODEL --to int8 --out DIR`",
         )
-    if cfg.get("version") != 1:
+    if cfg.get("version") != VERSION:
         raise ConfigError(
-            f"{f} has version {cfg.get('version')!r}; this llama3 reads version 1",
+            f"{f} has version {cfg.get('version')!r}; this llama3 reads version {VERSION}",
             "upgrade llama3, or quantize the original checkpoint again",
         )
     return cfg
@@ -70,7 +73,7 @@ def read_quantized_checkpoint(path: Path) -> LoadedCheckpoint:
     def source(name: str) -> TensorSource:
         def load(dtype: torch.dtype) -> torch.Tensor:
             t = handle.get_tensor(name)
-            keep = name.rsplit(".", 1)[-1] in ("codes", "scale", "zero")
+            keep = name.rsplit(".", 1)[-1] in PARTS
             return t if keep or not t.is_floating_point() else t.to(dtype)
 
         shape = tuple(handle.get_slice(name).get_shape())

@@ -23,18 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..loader import load
-    from ..quant.save import WEIGHTS, save_quantized
+    from ..quant.save import WEIGHTS, check_out_dir, save_quantized
     from ..registry import resolve_model
 
     if args.model_pos and args.model:
         raise InvalidRequestError("MODEL given twice", "pass it either first or with --model")
     out = args.out.expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InvalidRequestError(
-            f"{out} already exists and is not an empty directory",
-            "pass a new directory to --out (nothing was written)",
-            "out",
-        )
+    check_out_dir(out)  # before the minutes a load can take, not after
     path = resolve_model(args.model_pos or args.model)
     t0 = time.perf_counter()
     lm = load(path, device="cpu", quantize=args.to, progress=not args.json)

@@ -6,8 +6,8 @@ on-disk cache keeps the compiled code across runs. On CUDA the step replays as a
 Prefill stays eager: its lengths vary, and one long product per layer has no per-operator
 overhead to remove.
 
-Measured on a 2-core AVX2 CPU with int8 weights (BENCHMARKS.md): 1.4x eager decoding at batch 1
-and 1.2x at batch 8; what remains is the weight products themselves (fbgemm calls).
+Measured on a 2-core AVX2 CPU with int8 weights (BENCHMARKS.md, runs D and E): 1.9x eager decoding at
+batch 1 and 1.5x at batch 8; what remains is the weight products themselves (fbgemm calls).
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ class CompiledDecoder:
         window = window_for(position, self.max_seq_len)
         visible = torch.arange(window, device=device) <= position
         torch._dynamo.maybe_mark_dynamic(visible, 0)
-        cache = self.cache_for(tokens.shape[0])
+        b = tokens.shape[0]
+        cache = self.cache_for(b)
         cache.visible = visible
         # The caller's tokens are often a column of a longer buffer, whose stride the compiled
         # graph would guard on (a recompile per prompt length): copy into one of ours.
-        b = tokens.shape[0]
         if b not in self._tokens:
             self._tokens[b] = torch.empty((b, 1), dtype=torch.long, device=device)
         tokens = self._tokens[b].copy_(tokens)

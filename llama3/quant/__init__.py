@@ -6,6 +6,8 @@ Names here are importable without torch, for the command line."""
 INT4_GROUPS = (32, 64, 128)
 #: what `--quantize` and `llama3 quantize --to` accept; int4 is int4-g32
 SCHEMES = ("int8", "int4", *(f"int4-g{g}" for g in INT4_GROUPS))
+#: the tensors a quantized layer saves under its module name (int8 has no zero)
+PARTS = ("codes", "scale", "zero")
 SCHEMES_HELP = (
     "int8: per-channel int8 weights (a quarter of float32's memory; faster on CPU); "
     "int4[-g32|-g64|-g128]: 4-bit weights in groups (an eighth; slower on CPU, PyTorch has "

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..checkpoint.loaded import TensorSource
 from ..errors import InvalidRequestError
-from . import SCHEMES
+from . import PARTS, SCHEMES
 from .gguf_blocks import type_name
 from .int4 import Int4Linear
 from .int8 import Int8Linear
@@ -132,9 +132,6 @@ def quantize_model(model: nn.Module, scheme: str | QuantSpec) -> nn.Module:
     return model
 
 
-_PARTS = ("codes", "scale", "zero")
-
-
 def saved_shapes(
     float_shapes: dict[str, tuple[int, ...]], spec: QuantSpec
 ) -> dict[str, tuple[int, ...]]:
@@ -182,7 +179,7 @@ class LoadQuantizer:
 
     def take(self, name: str, source: TensorSource) -> bool:
         module, _, leaf = name.rpartition(".")
-        if leaf in _PARTS:
+        if leaf in PARTS:
             self._parts.setdefault(module, {})[leaf] = source.load(torch.float32)
             return True
         if self.spec.bits != 4 or source.ggml_type is None:

@@ -20,16 +20,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
+from ..checkpoint.quantized import CONFIG, FORMAT, VERSION, WEIGHTS
 from ..errors import InvalidRequestError
 from .apply import QuantSpec
 
 if TYPE_CHECKING:
     from ..loader import LoadedModel
 
-FORMAT = "llama3-quantized"
-VERSION = 1
-CONFIG = "quantization.json"
-WEIGHTS = "model.safetensors"
 GGUF_TOKENIZER = "gguf_tokenizer.json"
 HF_TOKENIZER_FILES = (
     "tokenizer.json",
@@ -55,10 +52,6 @@ def quantized_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def _args_dict(lm: LoadedModel) -> dict[str, Any]:
-    return dataclasses.asdict(lm.checkpoint.args)
-
-
 def _tokenizer_files(lm: LoadedModel, out: Path) -> dict[str, Any]:
     ckpt = lm.checkpoint
     if ckpt.format == "gguf" or ckpt.metadata.get("tokenizer.ggml.model"):
@@ -77,16 +70,21 @@ def _tokenizer_files(lm: LoadedModel, out: Path) -> dict[str, Any]:
     return {"kind": "bundled"}  # the Llama 3 tokenizer this package ships
 
 
-def save_quantized(lm: LoadedModel, out: str | Path) -> Path:
-    """Write `lm` (loaded with `quantize=...`) to the new directory `out`."""
-    out = Path(out).expanduser()
-    spec = _spec_of(lm.model)
+def check_out_dir(out: Path) -> None:
+    """`out` must be new or an empty directory: a checkpoint never overwrites anything."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidRequestError(
             f"{out} already exists and is not an empty directory",
             "pass a new directory to --out (nothing was written)",
             "out",
         )
+
+
+def save_quantized(lm: LoadedModel, out: str | Path) -> Path:
+    """Write `lm` (loaded with `quantize=...`) to the new directory `out`."""
+    out = Path(out).expanduser()
+    spec = _spec_of(lm.model)
+    check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -96,7 +94,7 @@ def save_quantized(lm: LoadedModel, out: str | Path) -> Path:
             "scheme": spec.name,
             "source": str(lm.checkpoint.path),
             "source_format": lm.checkpoint.format,
-            "args": _args_dict(lm),
+            "args": dataclasses.asdict(lm.checkpoint.args),
             "generation_config": lm.checkpoint.generation_config,
             "tokenizer": _tokenizer_files(lm, tmp),
         }
