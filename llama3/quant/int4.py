@@ -5,12 +5,13 @@ byte in the plain layout (element 2j in the low nibble of byte j, 2j+1 in the hi
 float32 scales and zeros: 6 bits a weight at group 32. GGUF's Q4_0, Q4_1 and Q4_K are exactly this
 at group 32 (`Int4Linear.from_gguf` keeps their bits; no requantization).
 
-Why no int4 matmul kernel: PyTorch's `_weight_int4pack_mm_for_cpu` is vectorised on x86 for
-bfloat16 only; with float32 activations it runs a scalar loop (int4mm_kernel.cpp), measured
-1.5-2x slower than the path below for one row and 7-10x slower at eight rows (its cost grows
-linearly with rows). So forward dequantizes a slab of rows at a time (small enough to stay in
-cache) and hands it to the float GEMM. The plain layout is then the only copy: `tensors()` returns
-it as is, and nothing float outlives a call.
+Products of up to `KERNEL_MAX_ROWS` rows (decoding) run in the native kernel (llama3.kernels: the
+nibbles times int16 activations, ~10x the path below for one row); larger ones (prefill) and
+machines without the kernel dequantize a slab of rows at a time (small enough to stay in cache)
+and hand it to the float GEMM, which wins from ~64 rows on. PyTorch's own
+`_weight_int4pack_mm_for_cpu` is vectorised on x86 for bfloat16 only; with float32 activations it
+runs a scalar loop, measured slower than both. The plain layout is the only copy: `tensors()`
+returns it as is, and nothing float outlives a call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from .. import kernels
 from ..errors import CheckpointError, InvalidRequestError
 from .gguf_blocks import _as_flat_tensor, _f16_field, _q4_k_scales_mins, block_layout, type_name
 
@@ -30,6 +32,10 @@ GROUPS = (32, 64, 128)
 #: Measured on 2 AVX2 cores: 1 MiB slabs pay ~0.1 ms of op overhead each, 16 MiB ones miss L3, and
 #: a whole 49152x576 head at once is 4x slower (it streams 113 MiB through DRAM twice).
 _SLAB_ELEMENTS = 1 << 21
+
+#: rows up to which the native kernel beats the slab path (measured on 2 AVX2 cores: 10x at one
+#: row, ~1.3x at 48, even or worse from 64)
+KERNEL_MAX_ROWS = 48
 
 #: GGUF blocks repacked per step at load: bounds the temporaries for vocabulary-sized tensors
 _GGUF_CHUNK_BLOCKS = 1 << 16
@@ -213,7 +219,11 @@ class Int4Linear(nn.Module):
         if x2.dtype != torch.float32:
             x2 = x2.float()
         step = self._slab_rows()
-        if step >= self.out_features:
+        if x2.shape[0] <= KERNEL_MAX_ROWS and x2.device.type == "cpu" and kernels.available():
+            y = torch.ops.llama3_kernels.int4_mm(
+                x2.contiguous(), self.packed, self.scale, self.zero, self.group
+            )
+        elif step >= self.out_features:
             y = F.linear(x2, self._dequantize_rows(0, self.out_features, self._slab(step)))
         else:
             y = torch.empty(x2.shape[0], self.out_features, device=x2.device)

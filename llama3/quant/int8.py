@@ -1,14 +1,16 @@
-"""Int8 weights run as int8 on CPU: per-output-channel symmetric int8 weights, products in
-PyTorch's fbgemm int8 GEMM, activations carried as two 7-bit digits so the result is, to ~1e-4,
-the float product with the int8 weights (weight-only int8 quality, int8 memory and bandwidth).
+"""Int8 weights run as int8 on CPU: per-output-channel symmetric int8 weights.
 
-fbgemm quantizes its input to 7 bits per call (AVX2's 16-bit pair sums must not saturate); alone
-that costs SmolLM2-135M 5 % perplexity. Each row x (a token) is scaled to max |x| = 1 and split
-into x = hi + lo * STEP / 2, where hi lies exactly on fbgemm's grid and lo (the rounding residual,
-rescaled to [-1, 1]) is quantized again, so the product reads the weights once for both digits
-and the activation error drops from 2^-7 to 2^-14 of the row's range. An anchor row [1, -1, 0, …]
-pins every call's range to [-1, 1]: a row's integers, and its result, never depend on the rest of
-the batch. Measured on SmolLM2 (BENCHMARKS.md): KL 0.006 against float, perplexity +0.4 %.
+Two product paths, the same weights:
+- the native kernel (llama3.kernels, built on first use on x86 with AVX2): each activation row on
+  its own int16 grid times the int8 weights, int32 sums; error ~3e-5 relative to the float product
+  with the int8 weights, and the fastest path measured here at every batch size (BENCHMARKS.md).
+- fbgemm's int8 GEMM (where the kernel cannot be built): fbgemm quantizes its input to 7 bits per
+  call (AVX2's 16-bit pair sums must not saturate); alone that costs SmolLM2-135M 5 % perplexity.
+  Each row x (a token) is scaled to max |x| = 1 and split into x = hi + lo * STEP / 2, where hi lies
+  exactly on fbgemm's grid and lo (the rounding residual, rescaled to [-1, 1]) is quantized again,
+  so the product reads the weights once for both digits and the activation error drops from 2^-7
+  to 2^-14 of the row's range. An anchor row [1, -1, 0, …] pins every call's range to [-1, 1].
+On both paths a row's result never depends on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import weakref
 
 import torch
 from torch import nn
+
+from .. import kernels
 
 #: fbgemm's grid for an input pinned to [-1, 1] at 7 bits: step 2/127, zero point 64. The high
 #: digit keeps to +-63 steps (-64 would lie below -1 and move the call's range, hence its grid).
@@ -66,6 +70,12 @@ class Int8Linear(nn.Module):
         if codes.dtype != torch.int8 or codes.dim() != 2 or scale.shape != codes.shape[:1]:
             raise ValueError("Int8Linear takes int8 codes (out, in) and one scale per row")
         self.out_features, self.in_features = codes.shape
+        self._key: int | None = None
+        if self.in_features % 32 == 0 and codes.device.type == "cpu" and kernels.available():
+            # Non-persistent: they follow .to() but checkpoints save `tensors()` explicitly.
+            self.register_buffer("codes", codes.contiguous(), persistent=False)
+            self.register_buffer("scale", scale.float().contiguous(), persistent=False)
+            return
         zero = torch.zeros(self.out_features, dtype=torch.long)
         with warnings.catch_warnings():
             # PyTorch marks quantized-tensor constructors deprecated; the fbgemm kernels behind
@@ -88,19 +98,27 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
             x2 = x2.float()
+        if self._key is None:
+            y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
+        else:
+            y = self._fbgemm(x2)
+        y = y.reshape(*shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         n = x2.shape[0]
         s = x2.abs().amax(dim=1, keepdim=True) + 1e-30
         xs = x2 / s
         hi = torch.round(xs * (1 / STEP)).clamp_(-_DIGIT, _DIGIT) * STEP
         lo = ((xs - hi) * (2 / STEP)).clamp_(-1.0, 1.0)
         y = torch.ops.llama3.int8_linear(torch.cat([hi, lo, self._anchor]), self._key)
-        y = torch.addcmul(y[:n], y[n : 2 * n], torch.tensor(STEP / 2)) * s
-        y = y.reshape(*shape[:-1], self.out_features)
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        return torch.addcmul(y[:n], y[n : 2 * n], torch.tensor(STEP / 2)) * s
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The int8 codes and row scales (unpacked from fbgemm's layout), to save a checkpoint."""
-        qw, _ = torch.ops.quantized.linear_unpack(_PACKED[self._key][0])
+        """The int8 codes and row scales, to save a checkpoint."""
+        if self._key is None:
+            return {"codes": self.codes, "scale": self.scale}
+        qw, _ = torch.ops.quantized.linear_unpack(_PACKED[self._key][0])  # fbgemm's layout
         return {"codes": qw.int_repr(), "scale": qw.q_per_channel_scales().float()}
 
     def dequantize(self) -> torch.Tensor:

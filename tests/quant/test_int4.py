@@ -12,6 +12,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gq
 
+from llama3 import kernels
 from llama3.errors import InvalidRequestError
 from llama3.quant import int4
 from llama3.quant.gguf_blocks import dequantize as blocks_dequantize
@@ -19,10 +20,17 @@ from llama3.quant.int4 import GROUPS, Int4Linear
 
 
 def assert_product_matches(lin: Int4Linear, w: torch.Tensor, x: torch.Tensor) -> None:
-    """lin(x) equals F.linear(x, w) to float rounding, relative to the output's scale."""
+    """lin(x) equals F.linear(x, w): to float rounding on the slab path; in the kernel (rows up to
+    KERNEL_MAX_ROWS) within half a step of each activation row's int16 grid times |w|."""
     y, ref = lin(x), F.linear(x, w)
     assert y.shape == ref.shape and y.dtype == torch.float32
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    x2, y2, ref2 = (t.reshape(-1, t.shape[-1]) for t in (x, y, ref))
+    if x2.shape[0] <= int4.KERNEL_MAX_ROWS and kernels.available():
+        half_step = x2.abs().amax(dim=-1, keepdim=True) / 32767 / 2
+        bound = half_step * w.abs().sum(dim=1) + 1e-6 * (x2.abs() @ w.abs().t())
+        assert ((y2 - ref2).abs() <= bound).all()
+    else:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -57,14 +65,19 @@ def test_from_float_is_within_half_a_step_and_round_trips(group: int) -> None:
     assert repr(lin) == f"Int4Linear(in_features=256, out_features=48, int4 group={group})"
 
 
-@pytest.mark.parametrize("slab", [None, 3 * 128], ids=["one-slab", "many-slabs"])
-def test_forward_matches_its_dequantized_weights(slab: int | None, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "slab, kernel_rows",
+    [(None, int4.KERNEL_MAX_ROWS), (None, 0), (3 * 128, 0)],
+    ids=["kernel-then-one-slab", "one-slab", "many-slabs"],
+)
+def test_forward_matches_its_dequantized_weights(slab, kernel_rows, monkeypatch) -> None:
     if slab is not None:  # force the slab-by-slab product (3 rows a slab, with a ragged last one)
         monkeypatch.setattr(int4, "_SLAB_ELEMENTS", slab)
+    monkeypatch.setattr(int4, "KERNEL_MAX_ROWS", kernel_rows)
     torch.manual_seed(1)
     lin = Int4Linear.from_float(torch.randn(40, 128), 64)
     w = lin.dequantize()
-    for rows in (1, 5, 33):
+    for rows in (1, 5, 33, 60):
         assert_product_matches(lin, w, torch.randn(rows, 128))
     x = torch.randn(2, 7, 128)
     assert lin(x).shape == (2, 7, 40)

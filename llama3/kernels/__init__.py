@@ -1,0 +1,129 @@
+"""Native CPU kernels for weight-only int8/int4 products (cpu_kernels.cpp), built on first use.
+
+The source is compiled once per (source, torch version, compiler flags) with the system C++
+compiler against PyTorch's headers, into `$LLAMA3_KERNEL_CACHE` (default
+`~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm` and `int4_mm`.
+Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
+compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w"]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LLAMA3_KERNEL_CACHE")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "llama3" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _why_not() -> str | None:
+    """Why the kernels cannot run here, or None."""
+    if os.environ.get("LLAMA3_KERNELS", "1") == "0":
+        return "LLAMA3_KERNELS=0"
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"they are written for x86-64 Linux, not {sys.platform} {platform.machine()}"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return "this CPU lacks AVX2/FMA"
+    if _compiler() is None:
+        return "no C++ compiler found (install g++)"
+    return None
+
+
+def _build(target: Path) -> None:
+    torch_dir = Path(torch.__file__).parent
+    from torch.utils.cpp_extension import include_paths
+
+    cmd = [_compiler(), *_FLAGS, str(SOURCE)]
+    cmd += [f"-I{p}" for p in include_paths()]
+    cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    lib = torch_dir / "lib"
+    cmd += [f"-L{lib}", f"-Wl,-rpath,{lib}", "-lc10", "-ltorch_cpu"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed: processes building at once (tensor-parallel
+    # ranks) never load a half-written library.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        # a warning, not info: the CLI shows warnings, and a silent 15 s pause looks like a hang
+        log.warning("building the native int8/int4 CPU kernels (once, ~15 s) in %s", target.parent)
+        done = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr.strip()[-2000:] or f"{cmd[0]} failed")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _library_path() -> Path:
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join([torch.__version__, *_FLAGS]).encode())
+    return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"
+
+
+@functools.cache
+def _load() -> str | None:
+    """Build (if needed) and load the kernels; None on success, else why not."""
+    why = _why_not()
+    if why is None:
+        try:
+            path = _library_path()
+            if not path.exists():
+                _build(path)
+            torch.ops.load_library(str(path))
+            _register_fakes()
+        except Exception as e:  # any failure leaves the portable path, never a broken run
+            why = f"building them failed: {e}"
+            log.warning("native CPU kernels off (%s): int8/int4 products run slower paths", why)
+            return why
+    if why is not None:
+        log.info("native CPU kernels off (%s): int8/int4 products use the PyTorch paths", why)
+    return why
+
+
+def _register_fakes() -> None:
+    """Output shapes for torch.compile's tracing."""
+
+    @torch.library.register_fake("llama3_kernels::int8_mm")
+    def _(x, codes, scale):
+        return x.new_empty(x.shape[0], codes.shape[0])
+
+    @torch.library.register_fake("llama3_kernels::int4_mm")
+    def _(x, packed, scale, zero, group):
+        return x.new_empty(x.shape[0], packed.shape[0])
+
+
+def available() -> bool:
+    """Whether the native kernels are loaded (building them on the first call)."""
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    return _load()

@@ -1,0 +1,61 @@
+"""The native CPU kernels build from source on a machine with a compiler, load in a fresh process,
+and every way they can be missing leaves the portable paths with a reason instead of an error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = (
+    "import logging; logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+    "from llama3 import kernels; from llama3.quant.int8 import Int8Linear; import torch\n"
+    "print(kernels.available(), kernels.unavailable_reason())\n"
+    "lin = Int8Linear.from_float(torch.randn(8, 64))\n"
+    "print(lin(torch.randn(2, 64)).shape, lin._key is None)\n"
+)
+
+
+def probe(tmp_path, **env: str) -> tuple[list[str], str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("LLAMA3_KERNELS", "CXX")}
+    full.update(LLAMA3_KERNEL_CACHE=str(tmp_path / "cache"), **env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=full, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines(), out.stderr
+
+
+def test_build_from_scratch_then_load_from_the_cache(tmp_path):
+    from llama3 import kernels
+
+    why = kernels.unavailable_reason()
+    if why and "failed" not in why:
+        pytest.skip(why)
+    lines, err = probe(tmp_path)
+    assert lines == ["True None", "torch.Size([2, 8]) True"]
+    assert "building the native int8/int4 CPU kernels" in err
+    assert len(list((tmp_path / "cache").glob("llama3_kernels-*.so"))) == 1
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("llama3_")]
+    lines, err = probe(tmp_path)  # built once: the second process only loads it
+    assert lines[0] == "True None" and "building" not in err
+
+
+def test_turned_off_by_the_environment(tmp_path):
+    lines, _ = probe(tmp_path, LLAMA3_KERNELS="0")
+    assert lines == ["False LLAMA3_KERNELS=0", "torch.Size([2, 8]) False"]
+
+
+def test_a_failing_compiler_falls_back_with_a_warning(tmp_path):
+    from llama3 import kernels
+
+    why = kernels.unavailable_reason()
+    if why and "failed" not in why and "compiler" not in why:
+        pytest.skip(why)
+    lines, err = probe(tmp_path, CXX="false")
+    assert lines[0].startswith("False building them failed")
+    assert lines[1] == "torch.Size([2, 8]) False"
+    assert "native CPU kernels off" in err and "Traceback" not in err
+    assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
