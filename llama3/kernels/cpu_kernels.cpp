@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -61,6 +62,32 @@ struct Int16Rows {
   }
 };
 
+// Runs dot<R>(m, n, out) for every block of up to kRowBlock activation rows m.. and weight row
+// n, tasks over blocks of kOutBlock weight rows, and stores out[i] * step[m + i] * row_scale(n).
+template <typename Dot, typename RowScale>
+void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScale row_scale) {
+  const int64_t blocks = (N + kOutBlock - 1) / kOutBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    float out[kRowBlock];
+    for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kOutBlock) {
+      const int64_t n1 = std::min(N, n0 + kOutBlock);
+      for (int64_t m = 0; m < M; m += kRowBlock) {
+        const int64_t r = std::min(kRowBlock, M - m);
+        for (int64_t n = n0; n < n1; ++n) {
+          switch (r) {
+            case 4: dot(std::integral_constant<int, 4>{}, m, n, out); break;
+            case 3: dot(std::integral_constant<int, 3>{}, m, n, out); break;
+            case 2: dot(std::integral_constant<int, 2>{}, m, n, out); break;
+            default: dot(std::integral_constant<int, 1>{}, m, n, out); break;
+          }
+          const float s = row_scale(n);
+          for (int64_t i = 0; i < r; ++i) y[(m + i) * N + n] = out[i] * xq.step[m + i] * s;
+        }
+      }
+    }
+  });
+}
+
 // ---- int8: w[n, k] = codes[n, k] * scale[n] ----
 
 // R activation rows times one int8 weight row.
@@ -101,28 +128,11 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tenso
   const Int16Rows xq(x.data_ptr<float>(), M, K);
   const int8_t* wp = codes.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t blocks = (N + kOutBlock - 1) / kOutBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    float out[kRowBlock];
-    for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kOutBlock) {
-      const int64_t n1 = std::min(N, n0 + kOutBlock);
-      for (int64_t m = 0; m < M; m += kRowBlock) {
-        const int64_t r = std::min(kRowBlock, M - m);
-        const int16_t* xr = xq.q.data() + m * K;
-        for (int64_t n = n0; n < n1; ++n) {
-          const int8_t* wr = wp + n * K;
-          switch (r) {
-            case 4: int8_dot<4>(xr, K, wr, out); break;
-            case 3: int8_dot<3>(xr, K, wr, out); break;
-            case 2: int8_dot<2>(xr, K, wr, out); break;
-            default: int8_dot<1>(xr, K, wr, out); break;
-          }
-          for (int64_t i = 0; i < r; ++i) yp[(m + i) * N + n] = out[i] * xq.step[m + i] * sp[n];
-        }
-      }
-    }
-  });
+  tiled(M, N, xq, y.data_ptr<float>(),
+        [&](auto R, int64_t m, int64_t n, float* out) {
+          int8_dot<decltype(R)::value>(xq.q.data() + m * K, K, wp + n * K, out);
+        },
+        [&](int64_t n) { return sp[n]; });
   return y;
 }
 
@@ -184,30 +194,12 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float* sp = scale.data_ptr<float>();
   const float* zp = zero.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t blocks = (N + kOutBlock - 1) / kOutBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    float out[kRowBlock];
-    for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kOutBlock) {
-      const int64_t n1 = std::min(N, n0 + kOutBlock);
-      for (int64_t m = 0; m < M; m += kRowBlock) {
-        const int64_t r = std::min(kRowBlock, M - m);
-        const int16_t* xr = xq.q.data() + m * K;
-        const float* xs = xsum.data() + m * groups;
-        for (int64_t n = n0; n < n1; ++n) {
-          const uint8_t* wr = wp + n * (K / 2);
-          const float *sr = sp + n * groups, *zr = zp + n * groups;
-          switch (r) {
-            case 4: int4_dot<4>(xr, xs, K, wr, sr, zr, group, out); break;
-            case 3: int4_dot<3>(xr, xs, K, wr, sr, zr, group, out); break;
-            case 2: int4_dot<2>(xr, xs, K, wr, sr, zr, group, out); break;
-            default: int4_dot<1>(xr, xs, K, wr, sr, zr, group, out); break;
-          }
-          for (int64_t i = 0; i < r; ++i) yp[(m + i) * N + n] = out[i] * xq.step[m + i];
-        }
-      }
-    }
-  });
+  tiled(M, N, xq, y.data_ptr<float>(),
+        [&](auto R, int64_t m, int64_t n, float* out) {
+          int4_dot<decltype(R)::value>(xq.q.data() + m * K, xsum.data() + m * groups, K, wp + n * (K / 2),
+                      sp + n * groups, zp + n * groups, group, out);
+        },
+        [](int64_t) { return 1.f; });
   return y;
 }
 
