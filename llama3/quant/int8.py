@@ -20,6 +20,7 @@ import warnings
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
@@ -98,10 +99,12 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
             x2 = x2.float()
-        if self._key is None:
-            y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
-        else:
+        if self._key is not None:
             y = self._fbgemm(x2)
+        elif x2.device.type == "cpu":
+            y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
+        else:  # moved to another device after load: correct, not fast (no kernel of ours there)
+            y = F.linear(x2, self.codes.float() * self.scale[:, None])
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 

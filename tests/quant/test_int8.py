@@ -83,6 +83,16 @@ def test_both_paths_hold_the_same_weights_and_agree(monkeypatch):
     torch.testing.assert_close(slow(x), ref, rtol=0, atol=1e-3 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("path", ["kernel"], indirect=True)
+def test_a_layer_moved_off_the_cpu_still_runs(path):
+    """Our kernel is CPU-only; elsewhere the layer multiplies its dequantized weights (shown on
+    the meta device, which runs shapes only: no GPU here)."""
+    lin = Int8Linear.from_float(torch.randn(16, 64))
+    moved = lin.to("meta")
+    y = moved(torch.randn(3, 64, device="meta", dtype=torch.bfloat16))
+    assert y.device.type == "meta" and y.shape == (3, 16) and y.dtype == torch.bfloat16
+
+
 def test_unknown_scheme_is_a_clear_error(tiny):
     llm = Llama.load(tiny.path("3.0", "hf"), max_seq_len=64)
     with pytest.raises(InvalidRequestError, match="unknown quantization 'int3'"):
