@@ -397,7 +397,7 @@ def template_source(ckpt: LoadedCheckpoint, tok: BaseTokenizer) -> tuple[str, st
         if is_llama3_vocab(tok.special_tokens):
             return (meta if ckpt.format == "meta" else meta + "; no template shipped"), None
         return "none (no chat template shipped)", None
-    if ckpt.format == "gguf" or "tokenizer.ggml.model" in ckpt.metadata:
+    if ckpt.gguf_vocabulary:
         return "GGUF tokenizer.chat_template", template
     d = Path(ckpt.tokenizer_source or ckpt.path)
     cfg = d / "tokenizer_config.json"

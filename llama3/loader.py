@@ -56,7 +56,7 @@ def load_tokenizer_for(
 
         return load_tokenizer(p)
     src = ckpt.tokenizer_source
-    if ckpt.format == "gguf" or ckpt.metadata.get("tokenizer.ggml.model"):
+    if ckpt.gguf_vocabulary:
         from .tokenizer.gguf_vocab import tokenizer_from_gguf
 
         return tokenizer_from_gguf(ckpt.metadata)

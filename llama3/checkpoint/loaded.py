@@ -52,3 +52,9 @@ class LoadedCheckpoint:
     generation_config: dict[str, Any] = field(default_factory=dict)
     #: set for checkpoints written by `llama3 quantize`: their projections are stored quantized
     quantization: QuantSpec | None = None
+
+    @property
+    def gguf_vocabulary(self) -> bool:
+        """Whether the tokenizer (and chat template) come from GGUF metadata: a GGUF file, or a
+        quantized directory written from one."""
+        return self.format == "gguf" or bool(self.metadata.get("tokenizer.ggml.model"))

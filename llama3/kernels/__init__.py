@@ -37,8 +37,9 @@ def cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        found = shutil.which(name) if name else None
+        if found:
+            return found
     return None
 
 
@@ -92,20 +93,20 @@ def _library_path() -> Path:
 def _load() -> str | None:
     """Build (if needed) and load the kernels; None on success, else why not."""
     why = _why_not()
-    if why is None:
-        try:
-            path = _library_path()
-            if not path.exists():
-                _build(path)
-            torch.ops.load_library(str(path))
-            _register_fakes()
-        except Exception as e:  # any failure leaves the portable path, never a broken run
-            why = f"building them failed: {e}"
-            log.warning("native CPU kernels off (%s): int8/int4 products run slower paths", why)
-            return why
     if why is not None:
         log.info("native CPU kernels off (%s): int8/int4 products use the PyTorch paths", why)
-    return why
+        return why
+    try:
+        path = _library_path()
+        if not path.exists():
+            _build(path)
+        torch.ops.load_library(str(path))
+        _register_fakes()
+    except Exception as e:  # any failure leaves the portable path, never a broken run
+        why = f"building them failed: {e}"
+        log.warning("native CPU kernels off (%s): int8/int4 products run slower paths", why)
+        return why
+    return None
 
 
 def _register_fakes() -> None:

@@ -10,6 +10,6 @@ SCHEMES = ("int8", "int4", *(f"int4-g{g}" for g in INT4_GROUPS))
 PARTS = ("codes", "scale", "zero")
 SCHEMES_HELP = (
     "int8: per-channel int8 weights (a quarter of float32's memory; faster on CPU); "
-    "int4[-g32|-g64|-g128]: 4-bit weights in groups (an eighth; slower on CPU, PyTorch has "
-    "no fast CPU kernel); GGUF Q4 blocks run as they are under int4"
+    "int4[-g32|-g64|-g128]: 4-bit weights in groups (an eighth; decodes a little slower than "
+    "int8 on CPU); GGUF Q4 blocks run as they are under int4"
 )

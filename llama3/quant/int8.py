@@ -104,7 +104,7 @@ class Int8Linear(nn.Module):
         elif x2.device.type == "cpu":
             y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
         else:  # moved to another device after load: correct, not fast (no kernel of ours there)
-            y = F.linear(x2, self.codes.float() * self.scale[:, None])
+            y = F.linear(x2, self.dequantize())
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 

@@ -54,7 +54,7 @@ def quantized_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _tokenizer_files(lm: LoadedModel, out: Path) -> dict[str, Any]:
     ckpt = lm.checkpoint
-    if ckpt.format == "gguf" or ckpt.metadata.get("tokenizer.ggml.model"):
+    if ckpt.gguf_vocabulary:
         keys = {k: v for k, v in ckpt.metadata.items() if k.startswith("tokenizer.")}
         (out / GGUF_TOKENIZER).write_text(json.dumps(keys), "utf-8")
         return {"kind": "gguf", "file": GGUF_TOKENIZER}
