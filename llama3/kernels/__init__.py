@@ -1,8 +1,10 @@
-"""Native CPU kernels for weight-only int8/int4 products (cpu_kernels.cpp), built on first use.
+"""Native CPU kernels (cpu_kernels.cpp), built on first use: weight-only int8/int4 products and
+the compiled decode step's attention.
 
 The source is compiled once per (source, torch version, compiler flags) with the system C++
 compiler against PyTorch's headers, into `$LLAMA3_KERNEL_CACHE` (default
-`~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm` and `int4_mm`.
+`~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm` and
+`decode_attention`.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """
@@ -119,6 +121,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llama3_kernels::int4_mm")
     def _(x, packed, scale, zero, group):
         return x.new_empty(x.shape[0], packed.shape[0])
+
+    @torch.library.register_fake("llama3_kernels::decode_attention")
+    def _(q, k, v, pos, scale):
+        return q.new_empty(q.shape)
 
 
 def available() -> bool:

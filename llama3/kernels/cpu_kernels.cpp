@@ -138,10 +138,69 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tenso
 
 // ---- int4: w[n, k] = code * scale[n, k / group] + zero[n, k / group], two codes a byte ----
 
+// The zeros' share of R rows: sum over groups of zero * (sum of the group's x), 8 at a time.
+template <int R>
+inline void add_zeros(const float* xsum, const float* zero, int64_t groups, __m256 (&f)[R],
+                      float* out) {
+  for (int r = 0; r < R; ++r) {
+    const float* xs = xsum + r * groups;
+    __m256 z = f[r];
+    int64_t g = 0;
+    for (; g + 8 <= groups; g += 8)
+      z = _mm256_fmadd_ps(_mm256_loadu_ps(zero + g), _mm256_loadu_ps(xs + g), z);
+    float tail = 0.f;
+    for (; g < groups; ++g) tail += zero[g] * xs[g];
+    out[r] = hsum(z) + tail;
+  }
+}
+
+// 32 weights (16 bytes) widened to 16-bit lanes: the low nibbles are the even weights, the
+// high nibbles the odd ones (matching Int16Rows' order).
+struct Nibbles {
+  __m256i even, odd;
+  explicit Nibbles(const uint8_t* p) {
+    const __m256i b = _mm256_cvtepu8_epi16(load128(p));
+    even = _mm256_and_si256(b, _mm256_set1_epi16(0x0F));
+    odd = _mm256_srli_epi16(b, 4);
+  }
+  __m256i dot(const int16_t* x) const {
+    return _mm256_add_epi32(_mm256_madd_epi16(even, load256(x)),
+                            _mm256_madd_epi16(odd, load256(x + 16)));
+  }
+};
+
+// Group 32 (GGUF's Q4_0/Q4_1/Q4_K): two groups per step, each with its own float accumulator,
+// so one group's convert-and-FMA never waits on the other's.
+template <int R>
+inline void int4_dot32(const int16_t* x, const float* xsum, int64_t K, const uint8_t* w,
+                       const float* scale, const float* zero, float* out) {
+  const int64_t groups = K / 32;
+  __m256 f[R], h[R];
+  for (int r = 0; r < R; ++r) f[r] = h[r] = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    const Nibbles w0(w + g * 16), w1(w + g * 16 + 16);
+    const __m256 s0 = _mm256_broadcast_ss(scale + g), s1 = _mm256_broadcast_ss(scale + g + 1);
+    for (int r = 0; r < R; ++r) {
+      const int16_t* xr = x + r * K + g * 32;
+      f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w0.dot(xr)), s0, f[r]);
+      h[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w1.dot(xr + 32)), s1, h[r]);
+    }
+  }
+  if (g < groups) {
+    const Nibbles w0(w + g * 16);
+    const __m256 s0 = _mm256_broadcast_ss(scale + g);
+    for (int r = 0; r < R; ++r)
+      f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w0.dot(x + r * K + g * 32)), s0, f[r]);
+  }
+  for (int r = 0; r < R; ++r) f[r] = _mm256_add_ps(f[r], h[r]);
+  add_zeros<R>(xsum, zero, groups, f, out);
+}
+
+// Any group that is a multiple of 32: int32 sums per group, then one FMA per group.
 template <int R>
 inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8_t* w,
                      const float* scale, const float* zero, int64_t group, float* out) {
-  const __m128i low = _mm_set1_epi8(0x0F);
   const int64_t groups = K / group;
   __m256 f[R];
   for (int r = 0; r < R; ++r) f[r] = _mm256_setzero_ps();
@@ -149,23 +208,13 @@ inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8
     __m256i a[R];
     for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_si256();
     for (int64_t k = g * group; k < (g + 1) * group; k += 32) {
-      const __m128i b = load128(w + k / 2);
-      const __m256i even = _mm256_cvtepu8_epi16(_mm_and_si128(b, low));
-      const __m256i odd = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), low));
-      for (int r = 0; r < R; ++r) {
-        const int16_t* xr = x + r * K + k;
-        a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(even, load256(xr)));
-        a[r] = _mm256_add_epi32(a[r], _mm256_madd_epi16(odd, load256(xr + 16)));
-      }
+      const Nibbles wk(w + k / 2);
+      for (int r = 0; r < R; ++r) a[r] = _mm256_add_epi32(a[r], wk.dot(x + r * K + k));
     }
-    const __m256 s = _mm256_set1_ps(scale[g]);
+    const __m256 s = _mm256_broadcast_ss(scale + g);
     for (int r = 0; r < R; ++r) f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[r]), s, f[r]);
   }
-  for (int r = 0; r < R; ++r) {
-    float z = 0.f;  // the zeros' share: sum over groups of zero * (sum of the group's x)
-    for (int64_t g = 0; g < groups; ++g) z += zero[g] * xsum[r * groups + g];
-    out[r] = hsum(f[r]) + z;
-  }
+  add_zeros<R>(xsum, zero, groups, f, out);
 }
 
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
@@ -196,11 +245,80 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const float* zp = zero.data_ptr<float>();
   tiled(M, N, xq, y.data_ptr<float>(),
         [&](auto R, int64_t m, int64_t n, float* out) {
-          int4_dot<decltype(R)::value>(xq.q.data() + m * K, xsum.data() + m * groups, K, wp + n * (K / 2),
-                      sp + n * groups, zp + n * groups, group, out);
+          constexpr int r = decltype(R)::value;
+          const int16_t* xr = xq.q.data() + m * K;
+          const float* xs = xsum.data() + m * groups;
+          if (group == 32)
+            int4_dot32<r>(xr, xs, K, wp + n * (K / 2), sp + n * groups, zp + n * groups, out);
+          else
+            int4_dot<r>(xr, xs, K, wp + n * (K / 2), sp + n * groups, zp + n * groups, group, out);
         },
         [](int64_t) { return 1.f; });
   return y;
+}
+
+// ---- attention of one new query per row over a contiguous key/value cache ----
+// q (B, H, 1, D); k, v (>= B, KV, S, D), the cache; keys 0..pos are visible. One task per
+// (row, head): scores, softmax and the weighted sum of values in float32, reading only the
+// keys written so far (a compiled step needs no window of the cache, hence no mask).
+
+inline float dot(const float* a, const float* b, int64_t D) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
+  }
+  if (d < D) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+  return hsum(_mm256_add_ps(s0, s1));
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& pos, double scale) {
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat,
+              "decode_attention: q must be float32 (batch, heads, 1, head_dim)");
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
+              "decode_attention: k and v must be contiguous float32 (batch, kv_heads, seq, head_dim)");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), KV = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) >= B && k.size(3) == D && H % KV == 0 && D % 8 == 0,
+              "decode_attention: q and the cache disagree (rows, head_dim or head groups)");
+  TORCH_CHECK(pos.numel() == 1, "decode_attention: one position for every row");
+  const int64_t L = pos.item<int64_t>() + 1;
+  TORCH_CHECK(L >= 1 && L <= S, "decode_attention: position ", L - 1, " outside the cache");
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::empty({B, H, 1, D}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / KV;
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / H, h = t % H;
+      const float* qh = qp + t * D;
+      const float* kh = kp + (b * KV + h / group) * S * D;
+      const float* vh = vp + (b * KV + h / group) * S * D;
+      float top = -INFINITY;
+      for (int64_t j = 0; j < L; ++j) top = std::max(top, p[j] = dot(qh, kh + j * D, D) * sc);
+      float total = 0.f;
+      for (int64_t j = 0; j < L; ++j) total += p[j] = std::exp(p[j] - top);
+      float* o = op + t * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < L; ++j) {
+        const __m256 w = _mm256_set1_ps(p[j]);
+        for (int64_t d = 0; d < D; d += 8)
+          _mm256_storeu_ps(o + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vh + j * D + d),
+                                                  _mm256_loadu_ps(o + d)));
+      }
+      const __m256 inv = _mm256_set1_ps(1.f / total);
+      for (int64_t d = 0; d < D; d += 8)
+        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), inv));
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -208,9 +326,11 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
 TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("int4_mm", &int4_mm);
+  m.impl("decode_attention", &decode_attention);
 }

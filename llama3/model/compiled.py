@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 from collections.abc import Iterable
 
 import torch
@@ -59,8 +60,14 @@ class CompiledDecoder:
             # The weights never change after load, so checking each of them before every step
             # (~1 ms for 300 tensors) buys nothing.
             options["guard_filter_fn"] = skip
+        # Dynamo keeps compiled graphs per code object and, with module guards skipped, would
+        # hand this decoder the graph traced for another model (another layout of layers) in
+        # the same process: each decoder compiles its own copy of `_forward`'s code.
+        forward = types.FunctionType(
+            CompiledDecoder._forward.__code__.replace(), CompiledDecoder._forward.__globals__
+        )
         self._compiled = torch.compile(
-            self._forward, fullgraph=True, dynamic=False, options=options
+            types.MethodType(forward, self), fullgraph=True, dynamic=False, options=options
         )
 
     def cache_for(self, batch_size: int) -> StaticKVCache:
@@ -81,12 +88,13 @@ class CompiledDecoder:
     def step(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
         """Logits (bsz, 1, vocab) for `tokens` (bsz, 1) at `position`, the same for every row."""
         device = tokens.device
-        window = window_for(position, self.max_seq_len)
-        visible = torch.arange(window, device=device) <= position
-        torch._dynamo.maybe_mark_dynamic(visible, 0)
         b = tokens.shape[0]
         cache = self.cache_for(b)
-        cache.visible = visible
+        if not cache.native:  # the portable attention reads a window of the cache, masked
+            window = window_for(position, self.max_seq_len)
+            visible = torch.arange(window, device=device) <= position
+            torch._dynamo.maybe_mark_dynamic(visible, 0)
+            cache.visible = visible
         # The caller's tokens are often a column of a longer buffer, whose stride the compiled
         # graph would guard on (a recompile per prompt length): copy into one of ours.
         if b not in self._tokens:
@@ -104,9 +112,11 @@ class CompiledDecoder:
         device = self.model.tok_embeddings.weight.device
         for b in batch_sizes:
             tokens = torch.zeros((b, 1), dtype=torch.long, device=device)
-            # the smallest window (its graph takes any window length) and the full cache, which
-            # the compiler specializes into a graph of its own
-            for position in {0, self.max_seq_len - 1}:
+            # With the native attention one graph serves every position. Else the smallest
+            # window (its graph takes any window length) and the full cache, which the compiler
+            # specializes into a graph of its own.
+            last = self.max_seq_len - 1 if not self.cache_for(b).native else 0
+            for position in {0, last}:
                 self.step(tokens, position)
         took = time.perf_counter() - t
         log.info("compiled the decode step in %.1f s", took)

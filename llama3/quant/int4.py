@@ -108,6 +108,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", packed.contiguous(), persistent=False)
         self.register_buffer("scale", scale.to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("zero", zero.to(torch.float32).contiguous(), persistent=False)
+        # decided once, not per call: a compiled graph cannot trace the kernels' loader
+        self._native = kernels.available()
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, group: int = 32) -> Int4Linear:
@@ -219,7 +221,7 @@ class Int4Linear(nn.Module):
         if x2.dtype != torch.float32:
             x2 = x2.float()
         step = self._slab_rows()
-        if x2.shape[0] <= KERNEL_MAX_ROWS and x2.device.type == "cpu" and kernels.available():
+        if x2.shape[0] <= KERNEL_MAX_ROWS and x2.device.type == "cpu" and self._native:
             y = torch.ops.llama3_kernels.int4_mm(
                 x2.contiguous(), self.packed, self.scale, self.zero, self.group
             )
