@@ -262,15 +262,96 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
 // (row, head): scores, softmax and the weighted sum of values in float32, reading only the
 // keys written so far (a compiled step needs no window of the cache, hence no mask).
 
+// e^x for x <= 0 (scores minus their maximum): 2^n * p(f), p a degree-6 polynomial on
+// [-ln2/2, ln2/2]; relative error ~2e-7. Below -87 the result is 0.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(f, f), _mm256_add_ps(f, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
 inline float dot(const float* a, const float* b, int64_t D) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
+  __m256 s = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; d += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s);
+  return hsum(s);
+}
+
+// The scores of one query against 4 keys: four dot products reduced together.
+template <int DV>  // head_dim / 8
+inline __m128 dot4(const float* q, const float* k) {
+  __m256 a[4];
+  for (int i = 0; i < 4; ++i) a[i] = _mm256_setzero_ps();
+  for (int d = 0; d < DV; ++d) {
+    const __m256 qd = _mm256_loadu_ps(q + 8 * d);
+    for (int i = 0; i < 4; ++i)
+      a[i] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + i * 8 * DV + 8 * d), a[i]);
   }
-  if (d < D) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
-  return hsum(_mm256_add_ps(s0, s1));
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+template <int DV>
+inline void attend_head(const float* q, const float* k, const float* v, int64_t L, float sc,
+                        float* p, float* out) {
+  constexpr int64_t D = 8 * DV;
+  int64_t j = 0;
+  __m128 top4 = _mm_set1_ps(-INFINITY);
+  const __m128 sc4 = _mm_set1_ps(sc);
+  for (; j + 4 <= L; j += 4) {
+    const __m128 s = _mm_mul_ps(dot4<DV>(q, k + j * D), sc4);
+    _mm_storeu_ps(p + j, s);
+    top4 = _mm_max_ps(top4, s);
+  }
+  float tops[4];
+  _mm_storeu_ps(tops, top4);
+  float top = std::max(std::max(tops[0], tops[1]), std::max(tops[2], tops[3]));
+  for (; j < L; ++j) top = std::max(top, p[j] = dot(q, k + j * D, D) * sc);
+  const __m256 top8 = _mm256_set1_ps(top);
+  __m256 total8 = _mm256_setzero_ps();
+  j = 0;
+  for (; j + 8 <= L; j += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), top8));
+    _mm256_storeu_ps(p + j, e);
+    total8 = _mm256_add_ps(total8, e);
+  }
+  float total = hsum(total8);
+  for (; j < L; ++j) total += p[j] = std::exp(p[j] - top);
+  __m256 o[DV];
+  for (int d = 0; d < DV; ++d) o[d] = _mm256_setzero_ps();
+  for (j = 0; j < L; ++j) {
+    const __m256 w = _mm256_set1_ps(p[j]);
+    for (int d = 0; d < DV; ++d) o[d] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + j * D + 8 * d), o[d]);
+  }
+  const __m256 inv = _mm256_set1_ps(1.f / total);
+  for (int d = 0; d < DV; ++d) _mm256_storeu_ps(out + 8 * d, _mm256_mul_ps(o[d], inv));
+}
+
+// Any head_dim that is a multiple of 8 (the common 64 and 128 take the unrolled path above).
+inline void attend_head_any(const float* q, const float* k, const float* v, int64_t L, int64_t D,
+                            float sc, float* p, float* out) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j < L; ++j) top = std::max(top, p[j] = dot(q, k + j * D, D) * sc);
+  float total = 0.f;
+  for (int64_t j = 0; j < L; ++j) total += p[j] = std::exp(p[j] - top);
+  std::fill(out, out + D, 0.f);
+  for (int64_t j = 0; j < L; ++j) {
+    const __m256 w = _mm256_set1_ps(p[j]);
+    for (int64_t d = 0; d < D; d += 8)
+      _mm256_storeu_ps(out + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(v + j * D + d),
+                                                _mm256_loadu_ps(out + d)));
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] /= total;
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -294,28 +375,20 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   float* op = out.data_ptr<float>();
   const int64_t group = H / KV;
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * H, 1, [&](int64_t t0, int64_t t1) {
+  // a few microseconds of work per head at short contexts: one thread then, as waking the
+  // other costs about as much
+  const int64_t grain = std::max<int64_t>(1, 16384 / (L * D));
+  at::parallel_for(0, B * H, grain, [&](int64_t t0, int64_t t1) {
     std::vector<float> p(L);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / H, h = t % H;
-      const float* qh = qp + t * D;
-      const float* kh = kp + (b * KV + h / group) * S * D;
-      const float* vh = vp + (b * KV + h / group) * S * D;
-      float top = -INFINITY;
-      for (int64_t j = 0; j < L; ++j) top = std::max(top, p[j] = dot(qh, kh + j * D, D) * sc);
-      float total = 0.f;
-      for (int64_t j = 0; j < L; ++j) total += p[j] = std::exp(p[j] - top);
-      float* o = op + t * D;
-      std::fill(o, o + D, 0.f);
-      for (int64_t j = 0; j < L; ++j) {
-        const __m256 w = _mm256_set1_ps(p[j]);
-        for (int64_t d = 0; d < D; d += 8)
-          _mm256_storeu_ps(o + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vh + j * D + d),
-                                                  _mm256_loadu_ps(o + d)));
-      }
-      const __m256 inv = _mm256_set1_ps(1.f / total);
-      for (int64_t d = 0; d < D; d += 8)
-        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), inv));
+      const int64_t kv = (b * KV + h / group) * S * D;
+      if (D == 64)
+        attend_head<8>(qp + t * D, kp + kv, vp + kv, L, sc, p.data(), op + t * D);
+      else if (D == 128)
+        attend_head<16>(qp + t * D, kp + kv, vp + kv, L, sc, p.data(), op + t * D);
+      else
+        attend_head_any(qp + t * D, kp + kv, vp + kv, L, D, sc, p.data(), op + t * D);
     }
   });
   return out;
