@@ -163,10 +163,16 @@ class Llama:
 
         Compiles the step now for `batch_sizes` (default: 1 .. max_batch_size; `[]` compiles
         nothing now, each shape on first use). Returns the seconds spent compiling. Raises
-        `UnsupportedFormatError` where torch.compile cannot run.
+        `UnsupportedFormatError` where torch.compile cannot run. A CPU model with int8 weights
+        decodes through the native layer kernel (`model.native_decode`), faster than any compiled
+        graph of it: nothing is compiled then (returns 0).
         """
+        from ..model import native_decode
         from ..model.compiled import CompiledDecoder, compile_available
 
+        if native_decode.eligible(self.model):
+            log.info("decode steps run the native CPU layer kernel: nothing to compile")
+            return 0.0
         why = compile_available()
         if why:
             raise UnsupportedFormatError(why, "run without --compile")

@@ -126,6 +126,22 @@ def _register_fakes() -> None:
     def _(q, k, v, pos, scale):
         return q.new_empty(q.shape)
 
+    @torch.library.register_fake("llama3_kernels::paged_decode_attention")
+    def _(q, k, v, slots, lengths, scale):
+        return q.new_empty(q.shape)
+
+    @torch.library.register_fake("llama3_kernels::decode_layer")
+    def _(x, *args):
+        return x.new_empty(x.shape)
+
+
+def native_attention(cache: torch.Tensor) -> bool:
+    """Whether attention over `cache` (a key cache or pool tensor) can run natively: float32
+    on the CPU, head_dim a multiple of 8, the kernels loaded."""
+    if cache.device.type != "cpu" or cache.dtype != torch.float32 or cache.shape[-1] % 8:
+        return False
+    return available()
+
 
 def available() -> bool:
     """Whether the native kernels are loaded (building them on the first call)."""

@@ -114,25 +114,34 @@ inline void int8_dot(const int16_t* x, int64_t K, const int8_t* w, float* out) {
   for (int r = 0; r < R; ++r) out[r] = hsum(f[r]);
 }
 
+// y (M, N) = x (M, K) times the int8 weights' transpose; K a multiple of 32.
+void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, const float* scale,
+                  int64_t N, float* y) {
+  if (M == 0 || N == 0) return;
+  const Int16Rows xq(x, M, K);
+  tiled(M, N, xq, y,
+        [&](auto R, int64_t m, int64_t n, float* out) {
+          int8_dot<decltype(R)::value>(xq.q.data() + m * K, K, codes + n * K, out);
+        },
+        [&](int64_t n) { return scale[n]; });
+}
+
+void check_int8(const at::Tensor& codes, const at::Tensor& scale, int64_t K, const char* what) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(),
+              what, ": codes must be a contiguous int8 matrix");
+  TORCH_CHECK(codes.size(1) == K && K % 32 == 0, what, ": K must match and be a multiple of 32");
+  TORCH_CHECK(scale.numel() == codes.size(0) && scale.scalar_type() == at::kFloat &&
+                  scale.is_contiguous(),
+              what, ": one float32 scale per output row");
+}
+
 at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "int8_mm: x must be a contiguous float32 matrix");
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(),
-              "int8_mm: codes must be a contiguous int8 matrix");
-  const int64_t M = x.size(0), K = x.size(1), N = codes.size(0);
-  TORCH_CHECK(codes.size(1) == K && K % 32 == 0, "int8_mm: K must match and be a multiple of 32");
-  TORCH_CHECK(scale.numel() == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
-              "int8_mm: one float32 scale per output row");
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
-  const Int16Rows xq(x.data_ptr<float>(), M, K);
-  const int8_t* wp = codes.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  tiled(M, N, xq, y.data_ptr<float>(),
-        [&](auto R, int64_t m, int64_t n, float* out) {
-          int8_dot<decltype(R)::value>(xq.q.data() + m * K, K, wp + n * K, out);
-        },
-        [&](int64_t n) { return sp[n]; });
+  check_int8(codes, scale, x.size(1), "int8_mm");
+  at::Tensor y = at::empty({x.size(0), codes.size(0)}, x.options());
+  int8_product(x.data_ptr<float>(), x.size(0), x.size(1), codes.data_ptr<int8_t>(),
+               scale.data_ptr<float>(), codes.size(0), y.data_ptr<float>());
   return y;
 }
 
@@ -262,10 +271,10 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
 // (row, head): scores, softmax and the weighted sum of values in float32, reading only the
 // keys written so far (a compiled step needs no window of the cache, hence no mask).
 
-// e^x for x <= 0 (scores minus their maximum): 2^n * p(f), p a degree-6 polynomial on
-// [-ln2/2, ln2/2]; relative error ~2e-7. Below -87 the result is 0.
-inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+// e^x as 2^n * p(f), p a degree-6 polynomial on [-ln2/2, ln2/2]; relative error ~2e-7;
+// arguments clamped to [-87, 88] (e^-87 is 0 to softmax and SiLU, e^88 near float's limit).
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -287,41 +296,56 @@ inline float dot(const float* a, const float* b, int64_t D) {
   return hsum(s);
 }
 
+// Where key (or value) j of one kv head lives: rows of a contiguous cache, or the slots of a
+// paged pool.
+struct Strided {
+  const float* base;
+  int64_t stride;
+  const float* operator()(int64_t j) const { return base + j * stride; }
+};
+struct Slotted {
+  const float* base;
+  const int64_t* slots;
+  int64_t stride;
+  const float* operator()(int64_t j) const { return base + slots[j] * stride; }
+};
+
 // The scores of one query against 4 keys: four dot products reduced together.
-template <int DV>  // head_dim / 8
-inline __m128 dot4(const float* q, const float* k) {
+template <int DV, typename Rows>  // DV = head_dim / 8
+inline __m128 dot4(const float* q, const Rows& k, int64_t j) {
+  const float* r[4] = {k(j), k(j + 1), k(j + 2), k(j + 3)};
   __m256 a[4];
   for (int i = 0; i < 4; ++i) a[i] = _mm256_setzero_ps();
   for (int d = 0; d < DV; ++d) {
     const __m256 qd = _mm256_loadu_ps(q + 8 * d);
-    for (int i = 0; i < 4; ++i)
-      a[i] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + i * 8 * DV + 8 * d), a[i]);
+    for (int i = 0; i < 4; ++i) a[i] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(r[i] + 8 * d), a[i]);
   }
   const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-template <int DV>
-inline void attend_head(const float* q, const float* k, const float* v, int64_t L, float sc,
+// softmax(q k^T * sc) v for one query over keys 0..L-1 (p: L floats of scratch).
+template <int DV, typename Rows>
+inline void attend_head(const float* q, const Rows& k, const Rows& v, int64_t L, float sc,
                         float* p, float* out) {
   constexpr int64_t D = 8 * DV;
   int64_t j = 0;
   __m128 top4 = _mm_set1_ps(-INFINITY);
   const __m128 sc4 = _mm_set1_ps(sc);
   for (; j + 4 <= L; j += 4) {
-    const __m128 s = _mm_mul_ps(dot4<DV>(q, k + j * D), sc4);
+    const __m128 s = _mm_mul_ps(dot4<DV>(q, k, j), sc4);
     _mm_storeu_ps(p + j, s);
     top4 = _mm_max_ps(top4, s);
   }
   float tops[4];
   _mm_storeu_ps(tops, top4);
   float top = std::max(std::max(tops[0], tops[1]), std::max(tops[2], tops[3]));
-  for (; j < L; ++j) top = std::max(top, p[j] = dot(q, k + j * D, D) * sc);
+  for (; j < L; ++j) top = std::max(top, p[j] = dot(q, k(j), D) * sc);
   const __m256 top8 = _mm256_set1_ps(top);
   __m256 total8 = _mm256_setzero_ps();
   j = 0;
   for (; j + 8 <= L; j += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + j), top8));
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), top8));
     _mm256_storeu_ps(p + j, e);
     total8 = _mm256_add_ps(total8, e);
   }
@@ -331,66 +355,235 @@ inline void attend_head(const float* q, const float* k, const float* v, int64_t 
   for (int d = 0; d < DV; ++d) o[d] = _mm256_setzero_ps();
   for (j = 0; j < L; ++j) {
     const __m256 w = _mm256_set1_ps(p[j]);
-    for (int d = 0; d < DV; ++d) o[d] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + j * D + 8 * d), o[d]);
+    const float* vj = v(j);
+    for (int d = 0; d < DV; ++d) o[d] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + 8 * d), o[d]);
   }
   const __m256 inv = _mm256_set1_ps(1.f / total);
   for (int d = 0; d < DV; ++d) _mm256_storeu_ps(out + 8 * d, _mm256_mul_ps(o[d], inv));
 }
 
 // Any head_dim that is a multiple of 8 (the common 64 and 128 take the unrolled path above).
-inline void attend_head_any(const float* q, const float* k, const float* v, int64_t L, int64_t D,
+template <typename Rows>
+inline void attend_head_any(const float* q, const Rows& k, const Rows& v, int64_t L, int64_t D,
                             float sc, float* p, float* out) {
   float top = -INFINITY;
-  for (int64_t j = 0; j < L; ++j) top = std::max(top, p[j] = dot(q, k + j * D, D) * sc);
+  for (int64_t j = 0; j < L; ++j) top = std::max(top, p[j] = dot(q, k(j), D) * sc);
   float total = 0.f;
   for (int64_t j = 0; j < L; ++j) total += p[j] = std::exp(p[j] - top);
   std::fill(out, out + D, 0.f);
   for (int64_t j = 0; j < L; ++j) {
     const __m256 w = _mm256_set1_ps(p[j]);
+    const float* vj = v(j);
     for (int64_t d = 0; d < D; d += 8)
-      _mm256_storeu_ps(out + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(v + j * D + d),
+      _mm256_storeu_ps(out + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + d),
                                                 _mm256_loadu_ps(out + d)));
   }
   for (int64_t d = 0; d < D; ++d) out[d] /= total;
+}
+
+template <typename Rows>
+inline void attend_one(const float* q, const Rows& k, const Rows& v, int64_t L, int64_t D,
+                       float sc, float* p, float* out) {
+  if (D == 64)
+    attend_head<8>(q, k, v, L, sc, p, out);
+  else if (D == 128)
+    attend_head<16>(q, k, v, L, sc, p, out);
+  else
+    attend_head_any(q, k, v, L, D, sc, p, out);
+}
+
+// a few microseconds of work per head at short contexts: one thread then, as waking the other
+// costs about as much
+inline int64_t attention_grain(int64_t L, int64_t D) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, L * D));
+}
+
+// out (B, H, D) = softmax(q k^T * sc) v over keys 0..L-1 of the cache rows (B.., KV, S, D).
+void attend(const float* qp, const float* kp, const float* vp, int64_t B, int64_t H, int64_t KV,
+            int64_t S, int64_t D, int64_t L, float sc, float* op) {
+  const int64_t group = H / KV;
+  at::parallel_for(0, B * H, attention_grain(L, D), [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t kv = (t / H * KV + t % H / group) * S * D;
+      attend_one(qp + t * D, Strided{kp + kv, D}, Strided{vp + kv, D}, L, D, sc, p.data(),
+                 op + t * D);
+    }
+  });
+}
+
+void check_cache(const at::Tensor& k, const at::Tensor& v, int64_t B, int64_t H, int64_t D,
+                 const at::Tensor& pos, const char* what) {
+  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
+              what, ": k and v must be contiguous float32 (batch, kv_heads, seq, head_dim)");
+  TORCH_CHECK(k.size(0) >= B && k.size(3) == D && H % k.size(1) == 0 && D % 8 == 0,
+              what, ": q and the cache disagree (rows, head_dim or head groups)");
+  TORCH_CHECK(pos.numel() == 1, what, ": one position for every row");
+  const int64_t at = pos.item<int64_t>();
+  TORCH_CHECK(at >= 0 && at < k.size(2), what, ": position ", at, " outside the cache");
 }
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& pos, double scale) {
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat,
               "decode_attention: q must be float32 (batch, heads, 1, head_dim)");
-  TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
-              "decode_attention: k and v must be contiguous float32 (batch, kv_heads, seq, head_dim)");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), KV = k.size(1), S = k.size(2);
-  TORCH_CHECK(k.size(0) >= B && k.size(3) == D && H % KV == 0 && D % 8 == 0,
-              "decode_attention: q and the cache disagree (rows, head_dim or head groups)");
-  TORCH_CHECK(pos.numel() == 1, "decode_attention: one position for every row");
-  const int64_t L = pos.item<int64_t>() + 1;
-  TORCH_CHECK(L >= 1 && L <= S, "decode_attention: position ", L - 1, " outside the cache");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
+  check_cache(k, v, B, H, D, pos, "decode_attention");
   const at::Tensor qc = q.contiguous();
   at::Tensor out = at::empty({B, H, 1, D}, q.options());
+  attend(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), B, H, k.size(1),
+         k.size(2), D, pos.item<int64_t>() + 1, static_cast<float>(scale), out.data_ptr<float>());
+  return out;
+}
+
+// The serving engine's decode rows: q (B, H, D); pool k, v (slots, KV, D); row b attends over
+// the lengths[b] slots slots[b, :lengths[b]] (written already, this step's included).
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& slots, const at::Tensor& lengths,
+                                  double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat,
+              "paged_decode_attention: q must be float32 (rows, heads, head_dim)");
+  TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
+              "paged_decode_attention: k and v must be contiguous float32 (slots, kv_heads, "
+              "head_dim)");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(1);
+  TORCH_CHECK(k.size(2) == D && H % KV == 0 && D % 8 == 0,
+              "paged_decode_attention: q and the pool disagree (head_dim or head groups)");
+  TORCH_CHECK(slots.dim() == 2 && slots.size(0) == B && slots.scalar_type() == at::kLong &&
+                  lengths.numel() == B && lengths.scalar_type() == at::kLong,
+              "paged_decode_attention: int64 slots (rows, max_len) and lengths (rows,)");
+  const at::Tensor qc = q.contiguous(), sc = slots.contiguous(), lc = lengths.contiguous();
+  const int64_t* sp = sc.data_ptr<int64_t>();
+  const int64_t* lp = lc.data_ptr<int64_t>();
+  const int64_t width = sc.size(1), pool = k.size(0);
+  int64_t longest = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width, "paged_decode_attention: bad length ", lp[b]);
+    for (int64_t j = 0; j < lp[b]; ++j)
+      TORCH_CHECK(sp[b * width + j] >= 0 && sp[b * width + j] < pool,
+                  "paged_decode_attention: slot outside the pool");
+    longest = std::max(longest, lp[b]);
+  }
+  at::Tensor out = at::empty({B, H, D}, q.options());
   const float* qp = qc.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t group = H / KV;
-  const float sc = static_cast<float>(scale);
-  // a few microseconds of work per head at short contexts: one thread then, as waking the
-  // other costs about as much
-  const int64_t grain = std::max<int64_t>(1, 16384 / (L * D));
-  at::parallel_for(0, B * H, grain, [&](int64_t t0, int64_t t1) {
-    std::vector<float> p(L);
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, B * H, attention_grain(longest, D), [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(longest);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / H, h = t % H;
-      const int64_t kv = (b * KV + h / group) * S * D;
-      if (D == 64)
-        attend_head<8>(qp + t * D, kp + kv, vp + kv, L, sc, p.data(), op + t * D);
-      else if (D == 128)
-        attend_head<16>(qp + t * D, kp + kv, vp + kv, L, sc, p.data(), op + t * D);
-      else
-        attend_head_any(qp + t * D, kp + kv, vp + kv, L, D, sc, p.data(), op + t * D);
+      const int64_t b = t / H, j = t % H / group;
+      const Slotted keys{kp + j * D, sp + b * width, KV * D}, values{vp + j * D, sp + b * width, KV * D};
+      attend_one(qp + t * D, keys, values, lp[b], D, s, p.data(), op + t * D);
     }
   });
+  return out;
+}
+
+// ---- one decoder layer for one new token per row (int8 weights, contiguous cache) ----
+// x (B, dim) -> x + attention + feed-forward, as TransformerBlock computes it: RMSNorm, q/k/v in
+// one product, RoPE on adjacent pairs, this position's keys/values written into the cache,
+// attention over keys 0..pos, wo; RMSNorm, w1/w3 in one product, SiLU(gate) * up, w2. One call
+// instead of ~9 (each a few microseconds of dispatch around little work).
+
+void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t K, float* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * K;
+    double ss = 0.0;
+    for (int64_t k = 0; k < K; ++k) ss += static_cast<double>(xr[k]) * xr[k];
+    const float r = 1.f / std::sqrt(static_cast<float>(ss / K) + eps);
+    for (int64_t k = 0; k < K; ++k) out[m * K + k] = xr[k] * r * w[k];
+  }
+}
+
+// rotates adjacent pairs (x[2i], x[2i+1]) of each of `heads` heads by the angles (cos_i, sin_i)
+void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      float* p = x + h * D + 2 * i;
+      const float re = p[0], im = p[1];
+      p[0] = re * c[i] - im * s[i];
+      p[1] = re * s[i] + im * c[i];
+    }
+}
+
+at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
+                        const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
+                        const at::Tensor& wqkv_scale, const at::Tensor& wo,
+                        const at::Tensor& wo_scale, const at::Tensor& w13,
+                        const at::Tensor& w13_scale, const at::Tensor& w2,
+                        const at::Tensor& w2_scale, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& pos, int64_t n_heads) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "decode_layer: x must be a contiguous float32 (rows, dim) matrix");
+  const int64_t B = x.size(0), dim = x.size(1), H = n_heads, D = k_cache.size(3);
+  check_cache(k_cache, v_cache, B, H, D, pos, "decode_layer");
+  const int64_t KV = k_cache.size(1), S = k_cache.size(2), at = pos.item<int64_t>();
+  const int64_t F = w13.size(0) / 2;
+  check_int8(wqkv, wqkv_scale, dim, "decode_layer wqkv");
+  check_int8(wo, wo_scale, H * D, "decode_layer wo");
+  check_int8(w13, w13_scale, dim, "decode_layer w13");
+  check_int8(w2, w2_scale, F, "decode_layer w2");
+  TORCH_CHECK(wqkv.size(0) == (H + 2 * KV) * D && wo.size(0) == dim && w2.size(0) == dim,
+              "decode_layer: projection shapes disagree with the heads and dim");
+  for (const at::Tensor* t : {&attn_norm, &ffn_norm})
+    TORCH_CHECK(t->numel() == dim && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "decode_layer: norm weights must be contiguous float32 of size dim");
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->numel() == D / 2 && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "decode_layer: cos and sin must be float32 of size head_dim / 2");
+  const int64_t QKV = (H + 2 * KV) * D;
+  std::vector<float> xn(B * dim), qkv(B * QKV), q(B * H * D), attn(B * H * D), y(B * dim),
+      g(B * 2 * F), act(B * F);
+  at::Tensor out = at::empty({B, dim}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* hp = out.data_ptr<float>();
+  float* kc = k_cache.data_ptr<float>();
+  float* vc = v_cache.data_ptr<float>();
+  const float e = static_cast<float>(eps);
+
+  rms_norm(xp, attn_norm.data_ptr<float>(), e, B, dim, xn.data());
+  int8_product(xn.data(), B, dim, wqkv.data_ptr<int8_t>(), wqkv_scale.data_ptr<float>(), QKV,
+               qkv.data());
+  for (int64_t b = 0; b < B; ++b) {
+    float* r = qkv.data() + b * QKV;
+    rope(r, H + KV, D, cos.data_ptr<float>(), sin.data_ptr<float>());  // q and k heads
+    std::copy(r, r + H * D, q.data() + b * H * D);
+    for (int64_t j = 0; j < KV; ++j) {
+      const int64_t row = ((b * KV + j) * S + at) * D;
+      std::copy(r + (H + j) * D, r + (H + j + 1) * D, kc + row);
+      std::copy(r + (H + KV + j) * D, r + (H + KV + j + 1) * D, vc + row);
+    }
+  }
+  attend(q.data(), kc, vc, B, H, KV, S, D, at + 1, 1.f / std::sqrt(static_cast<float>(D)),
+         attn.data());
+  int8_product(attn.data(), B, H * D, wo.data_ptr<int8_t>(), wo_scale.data_ptr<float>(), dim,
+               y.data());
+  for (int64_t i = 0; i < B * dim; ++i) hp[i] = xp[i] + y[i];
+
+  rms_norm(hp, ffn_norm.data_ptr<float>(), e, B, dim, xn.data());
+  int8_product(xn.data(), B, dim, w13.data_ptr<int8_t>(), w13_scale.data_ptr<float>(), 2 * F,
+               g.data());
+  for (int64_t b = 0; b < B; ++b) {
+    const float* gate = g.data() + b * 2 * F;
+    const float* up = gate + F;
+    float* a = act.data() + b * F;
+    int64_t i = 0;
+    for (; i + 8 <= F; i += 8) {  // silu(gate) * up = gate * up / (1 + e^-gate)
+      const __m256 gv = _mm256_loadu_ps(gate + i);
+      const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
+      _mm256_storeu_ps(a + i, _mm256_div_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(up + i)), den));
+    }
+    for (; i < F; ++i) a[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+  }
+  int8_product(act.data(), B, F, w2.data_ptr<int8_t>(), w2_scale.data_ptr<float>(), dim,
+               y.data());
+  for (int64_t i = 0; i < B * dim; ++i) hp[i] += y[i];
   return out;
 }
 
@@ -400,10 +593,20 @@ TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
   m.def("int4_mm(Tensor x, Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, float scale) -> Tensor");
+  m.def(
+      "paged_decode_attention(Tensor q, Tensor k, Tensor v, Tensor slots, Tensor lengths, "
+      "float scale) -> Tensor");
+  m.def(
+      "decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor wqkv, "
+      "Tensor wqkv_scale, Tensor wo, Tensor wo_scale, Tensor w13, Tensor w13_scale, Tensor w2, "
+      "Tensor w2_scale, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor pos, int n_heads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("int4_mm", &int4_mm);
   m.impl("decode_attention", &decode_attention);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+  m.impl("decode_layer", &decode_layer);
 }

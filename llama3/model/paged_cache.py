@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
 from ..config import ModelArgs
 from .attention import causal_attention
 
@@ -33,6 +34,9 @@ class PagedKVPool:
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
+        #: decode rows attend with the native CPU kernel, reading the slots where they are
+        #: (the portable path gathers every row's keys into a padded copy, per layer)
+        self.native = kernels.native_attention(self.k[0])
 
     @staticmethod
     def nbytes_for(args: ModelArgs, num_blocks: int, block_size: int, dtype: torch.dtype) -> int:
@@ -61,9 +65,9 @@ class PagedBatch:
         # gather index and mask are built once per step and shared by every layer.
         self.decodes = [s for s in segments if s.q_len == 1]
         self.prefills = [s for s in segments if s.q_len != 1]
-        self._decode_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._decode_plan: tuple[torch.Tensor, ...] | None = None
 
-    def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._decode_plan is None:
             dev = self.slot_mapping.device
             slots = torch.nn.utils.rnn.pad_sequence(
@@ -75,7 +79,7 @@ class PagedBatch:
             # zeroed) and is masked out
             slots = torch.where(valid, slots, slots[:, :1])
             rows = torch.tensor([s.q_start for s in self.decodes], device=dev)
-            self._decode_plan = (slots, valid[:, None, None, :], rows)
+            self._decode_plan = (slots, valid[:, None, None, :], rows, lengths)
         return self._decode_plan
 
     def attend(
@@ -90,14 +94,23 @@ class PagedBatch:
             return self._segment(pk, pv, q, s)
         out = torch.empty_like(q)
         if self.decodes:
-            slots, mask, rows = self._plan()
-            keys = pk[slots].transpose(1, 2).to(q.dtype)  # (B, n_kv, L, hd)
-            values = pv[slots].transpose(1, 2).to(q.dtype)
-            qd = q[0].index_select(1, rows).transpose(0, 1)[:, :, None]  # (B, n_heads, 1, hd)
-            o = F.scaled_dot_product_attention(
-                qd, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
-            )
-            out[0].index_copy_(1, rows, o[:, :, 0].transpose(0, 1))
+            slots, mask, rows, lengths = self._plan()
+            qd = q[0].index_select(1, rows).transpose(0, 1)  # (B, n_heads, hd)
+            if self.pool.native and q.dtype == torch.float32:
+                o = torch.ops.llama3_kernels.paged_decode_attention(
+                    qd, pk, pv, slots, lengths, q.shape[-1] ** -0.5
+                )
+            else:
+                keys = pk[slots].transpose(1, 2).to(q.dtype)  # (B, n_kv, L, hd)
+                values = pv[slots].transpose(1, 2).to(q.dtype)
+                o = F.scaled_dot_product_attention(
+                    qd[:, :, None],
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    enable_gqa=q.shape[1] != k.shape[1],
+                )[:, :, 0]
+            out[0].index_copy_(1, rows, o.transpose(0, 1))
         for s in self.prefills:
             out[:, :, s.q_start : s.q_start + s.q_len] = self._segment(pk, pv, q, s)
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .kv_cache import KVCache
 
 #: the smallest window a decode step attends over
@@ -44,7 +45,7 @@ class StaticKVCache(KVCache):
         super().__init__(*args, **kwargs)
         #: a decode step attends with the native CPU kernel, which reads exactly the keys written
         #: so far (no window, no mask; 1.8 ms of a 10 ms step was the windowed attention)
-        self.native = _native_attention(self.k[0])
+        self.native = kernels.native_attention(self.k[0])
 
     def attend(
         self,
@@ -79,11 +80,3 @@ class StaticKVCache(KVCache):
         probs = torch.softmax(scores.float().masked_fill(~visible, float("-inf")), dim=-1)
         out = (probs.to(q.dtype)[..., None] * values[:, :, None]).sum(-2)  # (bsz, n_kv, group, hd)
         return out.reshape(bsz, -1, 1, hd)
-
-
-def _native_attention(cache: torch.Tensor) -> bool:
-    if cache.device.type != "cpu" or cache.dtype != torch.float32 or cache.shape[-1] % 8:
-        return False
-    from .. import kernels
-
-    return kernels.available()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelArgs
+from . import native_decode
 from .attention import causal_attention
 from .kv_cache import KVCache
 from .linear import Linear
@@ -117,6 +118,8 @@ class Transformer(nn.Module):
         # Per-frequency divisors from GGUF `rope_freqs.weight` (Llama 3.1 GGUFs), if any.
         self.rope_freq_factors: torch.Tensor | None = None
         self._inv_freq: torch.Tensor | None = None
+        #: whether decode steps run the native layer kernel (native_decode.eligible decides)
+        self._native_decode: bool | None = None
 
     def tie_weights(self) -> None:
         """Share the output projection with the embedding (Llama 3.2 1B/3B, SmolLM2)."""
@@ -168,12 +171,15 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """`forward` without entering inference mode (torch.compile traces this under no_grad)."""
         seqlen = tokens.shape[1]
-        h = self.tok_embeddings(tokens)
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
         cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
-        for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, cache)
+        if positions.numel() == 1 and native_decode.usable(self, cache, tokens):
+            h = native_decode.decode(self, tokens, positions, cache, cos, sin)
+        else:
+            h = self.tok_embeddings(tokens)
+            for layer in self.layers:
+                h = layer(h, cos, sin, start_pos, cache)
         if logits_indices is not None:
             h = h[:, logits_indices]
         elif last_only:

@@ -129,6 +129,7 @@ def quantize_model(model: nn.Module, scheme: str | QuantSpec) -> nn.Module:
     for layer in model.layers:
         quantize_layer(layer, spec, {})
     quantize_head(model, spec)
+    model._native_decode = None  # its layers changed: decide the decode path again
     return model
 
 

@@ -7,7 +7,6 @@ import torch
 
 from llama3 import Llama, kernels
 from llama3.generation.params import SamplingParams
-from llama3.model import static_cache
 from llama3.model.static_cache import window_for, windows
 
 
@@ -27,7 +26,7 @@ def test_compiled_decode_equals_eager(tiny, attention, quantize, monkeypatch):
     if attention == "native":
         assert kernels.available(), kernels.unavailable_reason()
     else:  # the windowed, masked attention other devices and dtypes compile
-        monkeypatch.setattr(static_cache, "_native_attention", lambda cache: False)
+        monkeypatch.setattr(kernels, "native_attention", lambda cache: False)
     path = tiny.path("3.1", "gguf")
     eager = Llama.load(path, max_seq_len=300, max_batch_size=2, quantize=quantize)
     fast = Llama.load(path, max_seq_len=300, max_batch_size=2, quantize=quantize)

@@ -33,3 +33,27 @@ def test_decode_attention_refuses_a_position_outside_the_cache():
     q, k = torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 4, 8)
     with pytest.raises(RuntimeError, match="outside the cache"):
         torch.ops.llama3_kernels.decode_attention(q, k, k, torch.tensor([4]), 1.0)
+
+
+def test_paged_decode_attention_reads_each_rows_slots():
+    assert kernels.available(), kernels.unavailable_reason()
+    g = torch.Generator().manual_seed(1)
+    heads, kv_heads, head_dim, pool = 8, 2, 64, 500
+    k = torch.randn(pool, kv_heads, head_dim, generator=g)
+    v = torch.randn(pool, kv_heads, head_dim, generator=g)
+    lengths = [1, 7, 130]  # scattered slots, as a block table gives them
+    slots = [torch.randperm(pool, generator=g)[:n] for n in lengths]
+    q = torch.randn(len(lengths), heads, head_dim, generator=g)
+    padded = torch.nn.utils.rnn.pad_sequence(slots, batch_first=True)
+    got = torch.ops.llama3_kernels.paged_decode_attention(
+        q, k, v, padded, torch.tensor(lengths), head_dim**-0.5
+    )
+    for b, s in enumerate(slots):
+        want = F.scaled_dot_product_attention(
+            q[b, :, None], k[s].transpose(0, 1), v[s].transpose(0, 1), enable_gqa=True
+        )[:, 0]
+        torch.testing.assert_close(got[b], want, rtol=0, atol=2e-6)
+    with pytest.raises(RuntimeError, match="slot outside the pool"):
+        bad = padded.clone()
+        bad[0, 0] = pool
+        torch.ops.llama3_kernels.paged_decode_attention(q, k, v, bad, torch.tensor(lengths), 1.0)

@@ -1,0 +1,58 @@
+"""Decode steps through the native layer kernel give what the module path gives."""
+
+from __future__ import annotations
+
+import torch
+
+from llama3 import Llama, kernels
+from llama3.generation.params import SamplingParams
+from llama3.model import native_decode
+from llama3.model.kv_cache import KVCache
+
+
+def test_native_layers_decode_as_the_modules_do(tiny):
+    assert kernels.available(), kernels.unavailable_reason()
+    llm = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=96, max_batch_size=2, quantize="int8")
+    assert native_decode.eligible(llm.model)
+    # rows of different prompt lengths: the shorter one decodes while the longer is still forced
+    prompts = [list(range(1000, 1030)), list(range(2000, 2021))]
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, logprobs=0)
+    native = llm.complete(prompts, params)
+    llm.model._native_decode = False  # every step through the modules
+    modules = llm.complete(prompts, params)
+    # both paths round activations onto an int16 grid, and their norms sum in different
+    # orders: a value can land one grid step away
+    for n, m in zip(native, modules):
+        assert n.tokens == m.tokens
+        torch.testing.assert_close(
+            torch.tensor(n.logprobs), torch.tensor(m.logprobs), rtol=0, atol=5e-4
+        )
+
+
+def test_one_native_step_matches_the_modules_and_fills_the_same_cache(tiny):
+    llm = Llama.load(tiny.path("3.0", "gguf"), max_seq_len=64, max_batch_size=3, quantize="int8")
+    model = llm.model
+    caches = [KVCache(model.params, 3, 64) for _ in range(2)]
+    prompt = torch.randint(0, 5000, (3, 17), generator=torch.Generator().manual_seed(0))
+    step = torch.tensor([[11], [22], [33]])
+    out = []
+    for use_native, cache in zip((True, False), caches):
+        model._native_decode = use_native
+        model(prompt, 0, cache)
+        out.append(model(step, 17, cache, last_only=True))
+    assert torch.equal(out[0].argmax(-1), out[1].argmax(-1))
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-4 * out[1].abs().max().item())
+    for layer in range(model.params.n_layers):
+        for a, b in (
+            (caches[0].k[layer], caches[1].k[layer]),
+            (caches[0].v[layer], caches[1].v[layer]),
+        ):
+            torch.testing.assert_close(a[:, :, :18], b[:, :, :18], rtol=0, atol=1e-5)
+
+
+def test_float_models_and_compile_keep_their_paths(tiny):
+    path = tiny.path("3.0", "gguf")
+    assert not native_decode.eligible(Llama.load(path, max_seq_len=64).model)
+    llm = Llama.load(path, max_seq_len=64, quantize="int8")
+    assert llm.compile(batch_sizes=[1]) == 0.0  # nothing to compile: the native step is faster
+    assert llm._decoder is None
