@@ -51,9 +51,13 @@ class OursEngine(TimedEngine):
         #: seconds spent compiling at load (reported with the warm-up, not the load)
         self.compile_s = self.llm.compile(batch_sizes=compile_batches) if compile else 0.0
         self.weight_bytes = weight_bytes_per_token(self.llm.model)
-        self.label = (
-            "llama3" + (f" {quantize}" if quantize else "") + (" compiled" if compile else "")
-        )
+        from ..model import native_decode
+
+        if native_decode.eligible(self.llm.model):  # what compiling would have replaced
+            how = " native layers"
+        else:
+            how = " compiled" if self.llm._decoder is not None else ""
+        self.label = "llama3" + (f" {quantize}" if quantize else "") + how
 
     def _stamps(self, prompts: list[list[int]], new_tokens: int) -> list[float]:
         from ..generation.params import SamplingParams

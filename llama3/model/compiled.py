@@ -1,13 +1,13 @@
 """The decode step compiled with `torch.compile` over a `StaticKVCache`.
 
-One graph per batch size (the attention window is a dynamic size); `warm_up` compiles the batch
-sizes a run will use before the first request, so no request waits on the compiler. Inductor's
-on-disk cache keeps the compiled code across runs. On CUDA the step replays as a CUDA graph.
-Prefill stays eager: its lengths vary, and one long product per layer has no per-operator
-overhead to remove.
+One graph per batch size (on CPU the native attention reads the keys up to the position it is
+given; elsewhere the attention window is a dynamic size); `warm_up` compiles the batch sizes a run
+will use before the first request, so no request waits on the compiler. Inductor's on-disk cache
+keeps the compiled code across runs. On CUDA the step replays as a CUDA graph. Prefill stays
+eager: its lengths vary, and one long product per layer has no per-operator overhead to remove.
 
-Measured on a 2-core AVX2 CPU with int8 weights and the native kernel (BENCHMARKS.md, run G): ~2x
-eager decoding at batch 1; the weight products (one kernel call each) are ~60 % of a step.
+CPU int8 models skip this: `model.native_decode` runs each layer as one native call, faster than
+the compiled graph (BENCHMARKS.md, runs J and L).
 """
 
 from __future__ import annotations
