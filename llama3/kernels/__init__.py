@@ -134,6 +134,10 @@ def _register_fakes() -> None:
     def _(x, *args):
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake("llama3_kernels::paged_decode_layer")
+    def _(x, *args):
+        return x.new_empty(x.shape)
+
 
 def native_attention(cache: torch.Tensor) -> bool:
     """Whether attention over `cache` (a key cache or pool tensor) can run natively: float32

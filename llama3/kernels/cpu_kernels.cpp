@@ -511,20 +511,58 @@ void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
     }
 }
 
-at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
-                        const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
-                        const at::Tensor& wqkv_scale, const at::Tensor& wo,
-                        const at::Tensor& wo_scale, const at::Tensor& w13,
-                        const at::Tensor& w13_scale, const at::Tensor& w2,
-                        const at::Tensor& w2_scale, const at::Tensor& cos, const at::Tensor& sin,
-                        const at::Tensor& k_cache, const at::Tensor& v_cache,
-                        const at::Tensor& pos, int64_t n_heads) {
+// Where a layer's new keys/values go and what each row attends over: a contiguous cache (every
+// row at one position) or the engine's paged pool (each row its own slots).
+struct ContiguousCache {
+  float *k, *v;
+  int64_t KV, S, D, at;
+  float* key_row(int64_t b, int64_t j) const { return k + ((b * KV + j) * S + at) * D; }
+  float* value_row(int64_t b, int64_t j) const { return v + ((b * KV + j) * S + at) * D; }
+  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out) const {
+    attend(q, k, v, B, H, KV, S, D, at + 1, sc, out);
+  }
+};
+
+struct PagedCache {
+  float *k, *v;
+  int64_t KV, D;
+  const int64_t* slot;     // (B,) where each row's new key/value goes
+  const int64_t* slots;    // (B, width) the slots each row attends over
+  const int64_t* lengths;  // (B,)
+  int64_t width, longest;
+  float* key_row(int64_t b, int64_t j) const { return k + (slot[b] * KV + j) * D; }
+  float* value_row(int64_t b, int64_t j) const { return v + (slot[b] * KV + j) * D; }
+  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out) const {
+    const int64_t group = H / KV;
+    at::parallel_for(0, B * H, attention_grain(longest, D), [&](int64_t t0, int64_t t1) {
+      std::vector<float> p(longest);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / H, j = t % H / group;
+        const Slotted keys{k + j * D, slots + b * width, KV * D};
+        const Slotted values{v + j * D, slots + b * width, KV * D};
+        attend_one(q + t * D, keys, values, lengths[b], D, sc, p.data(), out + t * D);
+      }
+    });
+  }
+};
+
+struct LayerWeights {
+  const float *attn_norm, *ffn_norm;
+  float eps;
+  const int8_t *wqkv, *wo, *w13, *w2;
+  const float *wqkv_s, *wo_s, *w13_s, *w2_s;
+  int64_t F;  // hidden size of the feed-forward
+};
+
+LayerWeights layer_weights(const at::Tensor& x, const at::Tensor& attn_norm,
+                           const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
+                           const at::Tensor& wqkv_scale, const at::Tensor& wo,
+                           const at::Tensor& wo_scale, const at::Tensor& w13,
+                           const at::Tensor& w13_scale, const at::Tensor& w2,
+                           const at::Tensor& w2_scale, int64_t H, int64_t KV, int64_t D) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "decode_layer: x must be a contiguous float32 (rows, dim) matrix");
-  const int64_t B = x.size(0), dim = x.size(1), H = n_heads, D = k_cache.size(3);
-  check_cache(k_cache, v_cache, B, H, D, pos, "decode_layer");
-  const int64_t KV = k_cache.size(1), S = k_cache.size(2), at = pos.item<int64_t>();
-  const int64_t F = w13.size(0) / 2;
+  const int64_t dim = x.size(1), F = w13.size(0) / 2;
   check_int8(wqkv, wqkv_scale, dim, "decode_layer wqkv");
   check_int8(wo, wo_scale, H * D, "decode_layer wo");
   check_int8(w13, w13_scale, dim, "decode_layer w13");
@@ -534,41 +572,40 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
   for (const at::Tensor* t : {&attn_norm, &ffn_norm})
     TORCH_CHECK(t->numel() == dim && t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "decode_layer: norm weights must be contiguous float32 of size dim");
-  for (const at::Tensor* t : {&cos, &sin})
-    TORCH_CHECK(t->numel() == D / 2 && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "decode_layer: cos and sin must be float32 of size head_dim / 2");
-  const int64_t QKV = (H + 2 * KV) * D;
+  return {attn_norm.data_ptr<float>(), ffn_norm.data_ptr<float>(), static_cast<float>(eps),
+          wqkv.data_ptr<int8_t>(), wo.data_ptr<int8_t>(), w13.data_ptr<int8_t>(),
+          w2.data_ptr<int8_t>(), wqkv_scale.data_ptr<float>(), wo_scale.data_ptr<float>(),
+          w13_scale.data_ptr<float>(), w2_scale.data_ptr<float>(), F};
+}
+
+// cos/sin: (B, D/2), each row's angles.
+template <typename Cache>
+at::Tensor layer(const at::Tensor& x, const LayerWeights& w, const float* cos, const float* sin,
+                 const Cache& cache, int64_t H, int64_t KV, int64_t D) {
+  const int64_t B = x.size(0), dim = x.size(1), F = w.F, QKV = (H + 2 * KV) * D;
   std::vector<float> xn(B * dim), qkv(B * QKV), q(B * H * D), attn(B * H * D), y(B * dim),
       g(B * 2 * F), act(B * F);
   at::Tensor out = at::empty({B, dim}, x.options());
   const float* xp = x.data_ptr<float>();
   float* hp = out.data_ptr<float>();
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
-  const float e = static_cast<float>(eps);
 
-  rms_norm(xp, attn_norm.data_ptr<float>(), e, B, dim, xn.data());
-  int8_product(xn.data(), B, dim, wqkv.data_ptr<int8_t>(), wqkv_scale.data_ptr<float>(), QKV,
-               qkv.data());
+  rms_norm(xp, w.attn_norm, w.eps, B, dim, xn.data());
+  int8_product(xn.data(), B, dim, w.wqkv, w.wqkv_s, QKV, qkv.data());
   for (int64_t b = 0; b < B; ++b) {
     float* r = qkv.data() + b * QKV;
-    rope(r, H + KV, D, cos.data_ptr<float>(), sin.data_ptr<float>());  // q and k heads
+    rope(r, H + KV, D, cos + b * D / 2, sin + b * D / 2);  // q and k heads
     std::copy(r, r + H * D, q.data() + b * H * D);
     for (int64_t j = 0; j < KV; ++j) {
-      const int64_t row = ((b * KV + j) * S + at) * D;
-      std::copy(r + (H + j) * D, r + (H + j + 1) * D, kc + row);
-      std::copy(r + (H + KV + j) * D, r + (H + KV + j + 1) * D, vc + row);
+      std::copy(r + (H + j) * D, r + (H + j + 1) * D, cache.key_row(b, j));
+      std::copy(r + (H + KV + j) * D, r + (H + KV + j + 1) * D, cache.value_row(b, j));
     }
   }
-  attend(q.data(), kc, vc, B, H, KV, S, D, at + 1, 1.f / std::sqrt(static_cast<float>(D)),
-         attn.data());
-  int8_product(attn.data(), B, H * D, wo.data_ptr<int8_t>(), wo_scale.data_ptr<float>(), dim,
-               y.data());
+  cache.attend_rows(q.data(), B, H, 1.f / std::sqrt(static_cast<float>(D)), attn.data());
+  int8_product(attn.data(), B, H * D, w.wo, w.wo_s, dim, y.data());
   for (int64_t i = 0; i < B * dim; ++i) hp[i] = xp[i] + y[i];
 
-  rms_norm(hp, ffn_norm.data_ptr<float>(), e, B, dim, xn.data());
-  int8_product(xn.data(), B, dim, w13.data_ptr<int8_t>(), w13_scale.data_ptr<float>(), 2 * F,
-               g.data());
+  rms_norm(hp, w.ffn_norm, w.eps, B, dim, xn.data());
+  int8_product(xn.data(), B, dim, w.w13, w.w13_s, 2 * F, g.data());
   for (int64_t b = 0; b < B; ++b) {
     const float* gate = g.data() + b * 2 * F;
     const float* up = gate + F;
@@ -576,15 +613,84 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
     int64_t i = 0;
     for (; i + 8 <= F; i += 8) {  // silu(gate) * up = gate * up / (1 + e^-gate)
       const __m256 gv = _mm256_loadu_ps(gate + i);
-      const __m256 den = _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
+      const __m256 den =
+          _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
       _mm256_storeu_ps(a + i, _mm256_div_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(up + i)), den));
     }
     for (; i < F; ++i) a[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
   }
-  int8_product(act.data(), B, F, w2.data_ptr<int8_t>(), w2_scale.data_ptr<float>(), dim,
-               y.data());
+  int8_product(act.data(), B, F, w.w2, w.w2_s, dim, y.data());
   for (int64_t i = 0; i < B * dim; ++i) hp[i] += y[i];
   return out;
+}
+
+void check_angles(const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64_t D) {
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->numel() == B * D / 2 && t->scalar_type() == at::kFloat && t->is_contiguous(),
+                "decode_layer: cos and sin must be contiguous float32 (rows, head_dim / 2)");
+}
+
+at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
+                        const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
+                        const at::Tensor& wqkv_scale, const at::Tensor& wo,
+                        const at::Tensor& wo_scale, const at::Tensor& w13,
+                        const at::Tensor& w13_scale, const at::Tensor& w2,
+                        const at::Tensor& w2_scale, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& pos, int64_t n_heads) {
+  const int64_t B = x.size(0), H = n_heads, D = k_cache.size(3), KV = k_cache.size(1);
+  check_cache(k_cache, v_cache, B, H, D, pos, "decode_layer");
+  check_angles(cos, sin, B, D);
+  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, wqkv, wqkv_scale, wo,
+                                       wo_scale, w13, w13_scale, w2, w2_scale, H, KV, D);
+  const ContiguousCache cache{k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), KV,
+                              k_cache.size(2), D, pos.item<int64_t>()};
+  return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
+}
+
+// The engine's decode-only steps: row b writes its key/value at pool slot `slot[b]` and attends
+// over slots[b, :lengths[b]] (this step's slot included).
+at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
+                              const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
+                              const at::Tensor& wqkv_scale, const at::Tensor& wo,
+                              const at::Tensor& wo_scale, const at::Tensor& w13,
+                              const at::Tensor& w13_scale, const at::Tensor& w2,
+                              const at::Tensor& w2_scale, const at::Tensor& cos,
+                              const at::Tensor& sin, const at::Tensor& k_pool,
+                              const at::Tensor& v_pool, const at::Tensor& slot,
+                              const at::Tensor& slots, const at::Tensor& lengths,
+                              int64_t n_heads) {
+  const int64_t B = x.size(0), H = n_heads;
+  TORCH_CHECK(k_pool.dim() == 3 && k_pool.sizes() == v_pool.sizes() &&
+                  k_pool.scalar_type() == at::kFloat && v_pool.scalar_type() == at::kFloat &&
+                  k_pool.is_contiguous() && v_pool.is_contiguous(),
+              "paged_decode_layer: pools must be contiguous float32 (slots, kv_heads, head_dim)");
+  const int64_t KV = k_pool.size(1), D = k_pool.size(2), pool = k_pool.size(0);
+  TORCH_CHECK(H % KV == 0 && D % 8 == 0, "paged_decode_layer: bad head groups or head_dim");
+  TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous() &&
+                  slots.dim() == 2 && slots.size(0) == B && slots.scalar_type() == at::kLong &&
+                  slots.is_contiguous() && lengths.numel() == B &&
+                  lengths.scalar_type() == at::kLong && lengths.is_contiguous(),
+              "paged_decode_layer: int64 slot (rows,), slots (rows, width), lengths (rows,)");
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  const int64_t* np = slot.data_ptr<int64_t>();
+  const int64_t width = slots.size(1);
+  int64_t longest = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width, "paged_decode_layer: bad length ", lp[b]);
+    TORCH_CHECK(np[b] >= 0 && np[b] < pool, "paged_decode_layer: slot outside the pool");
+    for (int64_t j = 0; j < lp[b]; ++j)
+      TORCH_CHECK(sp[b * width + j] >= 0 && sp[b * width + j] < pool,
+                  "paged_decode_layer: slot outside the pool");
+    longest = std::max(longest, lp[b]);
+  }
+  check_angles(cos, sin, B, D);
+  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, wqkv, wqkv_scale, wo,
+                                       wo_scale, w13, w13_scale, w2, w2_scale, H, KV, D);
+  const PagedCache cache{k_pool.data_ptr<float>(), v_pool.data_ptr<float>(), KV, D, np, sp, lp,
+                         width, longest};
+  return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
 }
 
 }  // namespace
@@ -601,6 +707,11 @@ TORCH_LIBRARY(llama3_kernels, m) {
       "Tensor wqkv_scale, Tensor wo, Tensor wo_scale, Tensor w13, Tensor w13_scale, Tensor w2, "
       "Tensor w2_scale, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
       "Tensor pos, int n_heads) -> Tensor");
+  m.def(
+      "paged_decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor wqkv, "
+      "Tensor wqkv_scale, Tensor wo, Tensor wo_scale, Tensor w13, Tensor w13_scale, Tensor w2, "
+      "Tensor w2_scale, Tensor cos, Tensor sin, Tensor(a!) k_pool, Tensor(b!) v_pool, "
+      "Tensor slot, Tensor slots, Tensor lengths, int n_heads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
@@ -609,4 +720,5 @@ TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_decode_attention", &paged_decode_attention);
   m.impl("decode_layer", &decode_layer);
+  m.impl("paged_decode_layer", &paged_decode_layer);
 }

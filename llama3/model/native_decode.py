@@ -1,10 +1,13 @@
-"""Decode steps through the native CPU layer kernel (`llama3_kernels::decode_layer`).
+"""Decode steps through the native CPU layer kernels (`llama3_kernels::decode_layer` and
+`paged_decode_layer`).
 
 One new token per row on a CPU model whose projections are int8 with the native kernel (what
-`--quantize int8` and int8 checkpoints give), a float32 contiguous cache and one position for all
-rows (`generate`, chat, the bench): each layer is one call — norm, fused q/k/v, RoPE, cache write,
-attention, wo, norm, fused w1/w3, SiLU, w2 — instead of about nine operator calls, whose
-dispatch was ~25 % of a step on a small model. Anything else takes the module path.
+`--quantize int8` and int8 checkpoints give) and a float32 cache: each layer is one call — norm,
+fused q/k/v, RoPE, cache write, attention, wo, norm, fused w1/w3, SiLU, w2 — instead of about nine
+operator calls, whose dispatch was ~25 % of a step on a small model. Two caches: the contiguous one
+of `generate`, chat and the bench (every row at one position), and the serving engine's paged pool
+on steps that only decode (each row its own position and slots). Anything else (prompt chunks, other
+weights, devices or dtypes) takes the module path.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .kv_cache import KVCache
+from .paged_cache import PagedBatch
 
 
 def _native_int8(layer: object) -> bool:
@@ -45,46 +49,61 @@ def _eligible(model) -> bool:
     return kernels.available()
 
 
-def usable(model, cache: object, tokens: torch.Tensor) -> bool:
-    """Whether this step (tokens (bsz, 1) into `cache`) takes the native path."""
-    return (
-        tokens.shape[1] == 1
-        and isinstance(cache, KVCache)
-        and cache.k[0].dtype == torch.float32
-        and eligible(model)
-    )
+def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) -> bool:
+    """Whether this step (`tokens` at `positions`, into `cache`) takes the native path."""
+    if isinstance(cache, PagedBatch):  # a flat batch (1, T): native when every row decodes
+        ok = not cache.prefills and cache.pool.native and cache.pool.k[0].dtype == torch.float32
+    else:  # (bsz, 1) rows at one position
+        ok = (
+            tokens.shape[1] == 1
+            and positions.numel() == 1
+            and isinstance(cache, KVCache)
+            and cache.k[0].dtype == torch.float32
+        )
+    return ok and eligible(model)
+
+
+def _weights(layer) -> list:
+    att, ff = layer.attention, layer.feed_forward
+    return [
+        layer.attention_norm.weight,
+        layer.ffn_norm.weight,
+        layer.attention_norm.eps,
+        att.wqkv.codes,
+        att.wqkv.scale,
+        att.wo.codes,
+        att.wo.scale,
+        ff.w13.codes,
+        ff.w13.scale,
+        ff.w2.codes,
+        ff.w2.scale,
+    ]
 
 
 def decode(
-    model, tokens: torch.Tensor, position: torch.Tensor, cache: KVCache, cos, sin
+    model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | PagedBatch, cos, sin
 ) -> torch.Tensor:
-    """Hidden states (bsz, 1, dim) after every layer for `tokens` (bsz, 1) at `position` (1,)."""
-    bsz = tokens.shape[0]
-    h = model.tok_embeddings(tokens).reshape(bsz, -1)
-    cos, sin = cos.reshape(-1).contiguous(), sin.reshape(-1).contiguous()
-    position = position.reshape(1)
+    """Hidden states after every layer, shaped like the embeddings of `tokens`: (bsz, 1, dim)
+    for a contiguous cache, (1, T, dim) for an engine step of T decoding sequences."""
+    shape = tokens.shape
+    rows = tokens.numel()
+    h = model.tok_embeddings(tokens).reshape(rows, -1)
+    half = cos.shape[-1]
+    # each row's rotation angles (one position for every row of a contiguous cache)
+    cos = cos.reshape(-1, half).expand(rows, half).contiguous()
+    sin = sin.reshape(-1, half).expand(rows, half).contiguous()
     n_heads = model.params.n_heads
-    op = torch.ops.llama3_kernels.decode_layer
-    for i, layer in enumerate(model.layers):
-        att, ff = layer.attention, layer.feed_forward
-        h = op(
-            h,
-            layer.attention_norm.weight,
-            layer.ffn_norm.weight,
-            layer.attention_norm.eps,
-            att.wqkv.codes,
-            att.wqkv.scale,
-            att.wo.codes,
-            att.wo.scale,
-            ff.w13.codes,
-            ff.w13.scale,
-            ff.w2.codes,
-            ff.w2.scale,
-            cos,
-            sin,
-            cache.k[i],
-            cache.v[i],
-            position,
-            n_heads,
-        )
-    return h.unsqueeze(1)
+    if isinstance(cache, PagedBatch):
+        slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order
+        for i, layer in enumerate(model.layers):
+            h = torch.ops.llama3_kernels.paged_decode_layer(
+                h, *_weights(layer), cos, sin, cache.pool.k[i], cache.pool.v[i],
+                cache.slot_mapping, slots, lengths, n_heads,
+            )  # fmt: skip
+    else:
+        position = positions.reshape(1)
+        for i, layer in enumerate(model.layers):
+            h = torch.ops.llama3_kernels.decode_layer(
+                h, *_weights(layer), cos, sin, cache.k[i], cache.v[i], position, n_heads
+            )
+    return h.reshape(*shape, -1)

@@ -174,7 +174,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
         cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
-        if positions.numel() == 1 and native_decode.usable(self, cache, tokens):
+        if native_decode.usable(self, cache, tokens, positions):
             h = native_decode.decode(self, tokens, positions, cache, cos, sin)
         else:
             h = self.tok_embeddings(tokens)

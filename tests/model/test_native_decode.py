@@ -56,3 +56,34 @@ def test_float_models_and_compile_keep_their_paths(tiny):
     llm = Llama.load(path, max_seq_len=64, quantize="int8")
     assert llm.compile(batch_sizes=[1]) == 0.0  # nothing to compile: the native step is faster
     assert llm._decoder is None
+
+
+def test_a_decode_only_engine_step_matches_the_modules(tiny):
+    from llama3.model.paged_cache import PagedBatch, PagedKVPool, Segment
+
+    llm = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=64, quantize="int8")
+    model = llm.model
+    lens = [9, 4]  # two sequences, their slots interleaved in the pool as blocks would be
+    slots = [torch.tensor([3, 7, 8, 12, 13, 14, 20, 21, 22, 30]), torch.tensor([0, 1, 2, 40, 41])]
+    prompts = [
+        torch.randint(0, 5000, (n,), generator=torch.Generator().manual_seed(n)) for n in lens
+    ]
+    got = []
+    for use_native in (True, False):
+        pool = PagedKVPool(model.params, num_blocks=16, block_size=4)
+        assert pool.native
+        for p, s in zip(prompts, slots):  # prefill each sequence (module path)
+            batch = PagedBatch(pool, s[: len(p)], [Segment(0, len(p), s[: len(p)])])
+            model(p[None], cache=batch, positions=torch.arange(len(p)))
+        model._native_decode = use_native
+        step = PagedBatch(
+            pool,
+            torch.stack([s[n] for s, n in zip(slots, lens)]),
+            [Segment(i, 1, s[: n + 1]) for i, (s, n) in enumerate(zip(slots, lens))],
+        )
+        assert (
+            native_decode.usable(model, step, torch.zeros(1, 2), torch.tensor(lens)) == use_native
+        )
+        got.append(model(torch.tensor([[11, 22]]), cache=step, positions=torch.tensor(lens)))
+    assert torch.equal(got[0].argmax(-1), got[1].argmax(-1))
+    torch.testing.assert_close(got[0], got[1], rtol=0, atol=1e-4 * got[1].abs().max().item())
