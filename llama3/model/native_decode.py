@@ -30,6 +30,11 @@ def eligible(model: torch.nn.Module) -> bool:
     if cached is None:
         cached = _eligible(model)
         model._native_decode = cached
+        # each layer's tensors, gathered once: looking them up through the modules every step
+        # cost ~1.2 ms of a ~8 ms step
+        model._native_weights = (
+            [tuple(_weights(layer)) for layer in model.layers] if cached else None
+        )
     return cached
 
 
@@ -93,17 +98,18 @@ def decode(
     cos = cos.reshape(-1, half).expand(rows, half).contiguous()
     sin = sin.reshape(-1, half).expand(rows, half).contiguous()
     n_heads = model.params.n_heads
+    weights = model._native_weights
     if isinstance(cache, PagedBatch):
         slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order
-        for i, layer in enumerate(model.layers):
+        for i in range(len(weights)):
             h = torch.ops.llama3_kernels.paged_decode_layer(
-                h, *_weights(layer), cos, sin, cache.pool.k[i], cache.pool.v[i],
+                h, *weights[i], cos, sin, cache.pool.k[i], cache.pool.v[i],
                 cache.slot_mapping, slots, lengths, n_heads,
             )  # fmt: skip
     else:
         position = positions.reshape(1)
-        for i, layer in enumerate(model.layers):
+        for i in range(len(weights)):
             h = torch.ops.llama3_kernels.decode_layer(
-                h, *_weights(layer), cos, sin, cache.k[i], cache.v[i], position, n_heads
+                h, *weights[i], cos, sin, cache.k[i], cache.v[i], position, n_heads
             )
     return h.reshape(*shape, -1)

@@ -120,6 +120,7 @@ class Transformer(nn.Module):
         self._inv_freq: torch.Tensor | None = None
         #: whether decode steps run the native layer kernel (native_decode.eligible decides)
         self._native_decode: bool | None = None
+        self._native_weights: list[tuple] | None = None  # each layer's tensors, when native
 
     def tie_weights(self) -> None:
         """Share the output projection with the embedding (Llama 3.2 1B/3B, SmolLM2)."""

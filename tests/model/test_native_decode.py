@@ -37,7 +37,7 @@ def test_one_native_step_matches_the_modules_and_fills_the_same_cache(tiny):
     step = torch.tensor([[11], [22], [33]])
     out = []
     for use_native, cache in zip((True, False), caches):
-        model._native_decode = use_native
+        model._native_decode = None if use_native else False  # None: decide again
         model(prompt, 0, cache)
         out.append(model(step, 17, cache, last_only=True))
     assert torch.equal(out[0].argmax(-1), out[1].argmax(-1))
@@ -75,7 +75,7 @@ def test_a_decode_only_engine_step_matches_the_modules(tiny):
         for p, s in zip(prompts, slots):  # prefill each sequence (module path)
             batch = PagedBatch(pool, s[: len(p)], [Segment(0, len(p), s[: len(p)])])
             model(p[None], cache=batch, positions=torch.arange(len(p)))
-        model._native_decode = use_native
+        model._native_decode = None if use_native else False  # None: decide again
         step = PagedBatch(
             pool,
             torch.stack([s[n] for s, n in zip(slots, lens)]),
