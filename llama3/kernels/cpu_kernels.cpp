@@ -127,8 +127,9 @@ void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, con
 }
 
 void check_int8(const at::Tensor& codes, const at::Tensor& scale, int64_t K, const char* what) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(),
-              what, ": codes must be a contiguous int8 matrix");
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous() &&
+                  codes.device().is_cpu() && scale.device().is_cpu(),
+              what, ": codes must be a contiguous int8 matrix on the CPU");
   TORCH_CHECK(codes.size(1) == K && K % 32 == 0, what, ": K must match and be a multiple of 32");
   TORCH_CHECK(scale.numel() == codes.size(0) && scale.scalar_type() == at::kFloat &&
                   scale.is_contiguous(),
@@ -136,8 +137,8 @@ void check_int8(const at::Tensor& codes, const at::Tensor& scale, int64_t K, con
 }
 
 at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "int8_mm: x must be a contiguous float32 matrix");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "int8_mm: x must be a contiguous float32 CPU matrix");
   check_int8(codes, scale, x.size(1), "int8_mm");
   at::Tensor y = at::empty({x.size(0), codes.size(0)}, x.options());
   int8_product(x.data_ptr<float>(), x.size(0), x.size(1), codes.data_ptr<int8_t>(),
@@ -228,10 +229,11 @@ inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8
 
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                    const at::Tensor& zero, int64_t group) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "int4_mm: x must be a contiguous float32 matrix");
-  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous(),
-              "int4_mm: packed must be a contiguous uint8 matrix");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "int4_mm: x must be a contiguous float32 CPU matrix");
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.device().is_cpu() && scale.device().is_cpu() && zero.device().is_cpu(),
+              "int4_mm: packed must be a contiguous uint8 CPU matrix");
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
   TORCH_CHECK(packed.size(1) * 2 == K && group % 32 == 0 && K % group == 0,
               "int4_mm: K must match and the group be a multiple of 32 dividing K");
@@ -415,8 +417,9 @@ void attend(const float* qp, const float* kp, const float* vp, int64_t B, int64_
 void check_cache(const at::Tensor& k, const at::Tensor& v, int64_t B, int64_t H, int64_t D,
                  const at::Tensor& pos, const char* what) {
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
-              what, ": k and v must be contiguous float32 (batch, kv_heads, seq, head_dim)");
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
+                  k.device().is_cpu() && v.device().is_cpu(),
+              what, ": k and v must be contiguous float32 CPU tensors (batch, kv_heads, seq, head_dim)");
   TORCH_CHECK(k.size(0) >= B && k.size(3) == D && H % k.size(1) == 0 && D % 8 == 0,
               what, ": q and the cache disagree (rows, head_dim or head groups)");
   TORCH_CHECK(pos.numel() == 1, what, ": one position for every row");
@@ -426,8 +429,8 @@ void check_cache(const at::Tensor& k, const at::Tensor& v, int64_t B, int64_t H,
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& pos, double scale) {
-  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat,
-              "decode_attention: q must be float32 (batch, heads, 1, head_dim)");
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat && q.device().is_cpu(),
+              "decode_attention: q must be float32 on the CPU (batch, heads, 1, head_dim)");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
   check_cache(k, v, B, H, D, pos, "decode_attention");
   const at::Tensor qc = q.contiguous();
@@ -445,9 +448,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, cons
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat,
               "paged_decode_attention: q must be float32 (rows, heads, head_dim)");
   TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
-              "paged_decode_attention: k and v must be contiguous float32 (slots, kv_heads, "
-              "head_dim)");
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
+                  k.device().is_cpu() && v.device().is_cpu() && q.device().is_cpu(),
+              "paged_decode_attention: q, k and v must be float32 CPU tensors, k and v "
+              "contiguous (slots, kv_heads, head_dim)");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(1);
   TORCH_CHECK(k.size(2) == D && H % KV == 0 && D % 8 == 0,
               "paged_decode_attention: q and the pool disagree (head_dim or head groups)");
@@ -560,8 +564,9 @@ LayerWeights layer_weights(const at::Tensor& x, const at::Tensor& attn_norm,
                            const at::Tensor& wo_scale, const at::Tensor& w13,
                            const at::Tensor& w13_scale, const at::Tensor& w2,
                            const at::Tensor& w2_scale, int64_t H, int64_t KV, int64_t D) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "decode_layer: x must be a contiguous float32 (rows, dim) matrix");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() &&
+                  x.device().is_cpu(),
+              "decode_layer: x must be a contiguous float32 (rows, dim) CPU matrix");
   const int64_t dim = x.size(1), F = w13.size(0) / 2;
   check_int8(wqkv, wqkv_scale, dim, "decode_layer wqkv");
   check_int8(wo, wo_scale, H * D, "decode_layer wo");
@@ -663,8 +668,10 @@ at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
   const int64_t B = x.size(0), H = n_heads;
   TORCH_CHECK(k_pool.dim() == 3 && k_pool.sizes() == v_pool.sizes() &&
                   k_pool.scalar_type() == at::kFloat && v_pool.scalar_type() == at::kFloat &&
-                  k_pool.is_contiguous() && v_pool.is_contiguous(),
-              "paged_decode_layer: pools must be contiguous float32 (slots, kv_heads, head_dim)");
+                  k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.device().is_cpu() &&
+                  v_pool.device().is_cpu(),
+              "paged_decode_layer: pools must be contiguous float32 CPU tensors (slots, kv_heads, "
+              "head_dim)");
   const int64_t KV = k_pool.size(1), D = k_pool.size(2), pool = k_pool.size(0);
   TORCH_CHECK(H % KV == 0 && D % 8 == 0, "paged_decode_layer: bad head groups or head_dim");
   TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous() &&

@@ -64,6 +64,7 @@ def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) 
             and positions.numel() == 1
             and isinstance(cache, KVCache)
             and cache.k[0].dtype == torch.float32
+            and cache.k[0].device.type == "cpu"
         )
     return ok and eligible(model)
 
