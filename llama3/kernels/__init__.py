@@ -1,10 +1,10 @@
-"""Native CPU kernels (cpu_kernels.cpp), built on first use: weight-only int8/int4 products and
-the compiled decode step's attention.
+"""Native CPU kernels (cpu_kernels.cpp), built on first use: weight-only int8/int4 products,
+decode-time attention (contiguous cache and paged pool) and whole int8 decoder layers.
 
 The source is compiled once per (source, torch version, compiler flags) with the system C++
 compiler against PyTorch's headers, into `$LLAMA3_KERNEL_CACHE` (default
-`~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm` and
-`decode_attention`.
+`~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
+`decode_attention`, `paged_decode_attention`, `decode_layer` and `paged_decode_layer`.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """

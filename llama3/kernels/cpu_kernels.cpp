@@ -1,5 +1,6 @@
-// Weight-only int8 and int4 products for x86 CPUs with AVX2 and FMA (llama3.kernels builds this
-// file once with the system C++ compiler and loads it as the torch ops llama3_kernels::*).
+// Weight-only int8 and int4 products, decode-time attention and whole int8 decoder layers for
+// x86 CPUs with AVX2 and FMA (llama3.kernels builds this file once with the system C++ compiler
+// and loads it as the torch ops llama3_kernels::*).
 //
 // Why: decoding reads every weight once per token, so a product of a few rows must stream its
 // weights at memory speed. PyTorch's CPU int8/int4 kernels either quantize activations to 7 bits
@@ -440,81 +441,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
-// The serving engine's decode rows: q (B, H, D); pool k, v (slots, KV, D); row b attends over
-// the lengths[b] slots slots[b, :lengths[b]] (written already, this step's included).
-at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& slots, const at::Tensor& lengths,
-                                  double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat,
-              "paged_decode_attention: q must be float32 (rows, heads, head_dim)");
-  TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
-                  k.device().is_cpu() && v.device().is_cpu() && q.device().is_cpu(),
-              "paged_decode_attention: q, k and v must be float32 CPU tensors, k and v "
-              "contiguous (slots, kv_heads, head_dim)");
-  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(1);
-  TORCH_CHECK(k.size(2) == D && H % KV == 0 && D % 8 == 0,
-              "paged_decode_attention: q and the pool disagree (head_dim or head groups)");
-  TORCH_CHECK(slots.dim() == 2 && slots.size(0) == B && slots.scalar_type() == at::kLong &&
-                  lengths.numel() == B && lengths.scalar_type() == at::kLong,
-              "paged_decode_attention: int64 slots (rows, max_len) and lengths (rows,)");
-  const at::Tensor qc = q.contiguous(), sc = slots.contiguous(), lc = lengths.contiguous();
-  const int64_t* sp = sc.data_ptr<int64_t>();
-  const int64_t* lp = lc.data_ptr<int64_t>();
-  const int64_t width = sc.size(1), pool = k.size(0);
-  int64_t longest = 1;
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width, "paged_decode_attention: bad length ", lp[b]);
-    for (int64_t j = 0; j < lp[b]; ++j)
-      TORCH_CHECK(sp[b * width + j] >= 0 && sp[b * width + j] < pool,
-                  "paged_decode_attention: slot outside the pool");
-    longest = std::max(longest, lp[b]);
-  }
-  at::Tensor out = at::empty({B, H, D}, q.options());
-  const float* qp = qc.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t group = H / KV;
-  const float s = static_cast<float>(scale);
-  at::parallel_for(0, B * H, attention_grain(longest, D), [&](int64_t t0, int64_t t1) {
-    std::vector<float> p(longest);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / H, j = t % H / group;
-      const Slotted keys{kp + j * D, sp + b * width, KV * D}, values{vp + j * D, sp + b * width, KV * D};
-      attend_one(qp + t * D, keys, values, lp[b], D, s, p.data(), op + t * D);
-    }
-  });
-  return out;
-}
-
-// ---- one decoder layer for one new token per row (int8 weights, contiguous cache) ----
-// x (B, dim) -> x + attention + feed-forward, as TransformerBlock computes it: RMSNorm, q/k/v in
-// one product, RoPE on adjacent pairs, this position's keys/values written into the cache,
-// attention over keys 0..pos, wo; RMSNorm, w1/w3 in one product, SiLU(gate) * up, w2. One call
-// instead of ~9 (each a few microseconds of dispatch around little work).
-
-void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t K, float* out) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * K;
-    double ss = 0.0;
-    for (int64_t k = 0; k < K; ++k) ss += static_cast<double>(xr[k]) * xr[k];
-    const float r = 1.f / std::sqrt(static_cast<float>(ss / K) + eps);
-    for (int64_t k = 0; k < K; ++k) out[m * K + k] = xr[k] * r * w[k];
-  }
-}
-
-// rotates adjacent pairs (x[2i], x[2i+1]) of each of `heads` heads by the angles (cos_i, sin_i)
-void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < D / 2; ++i) {
-      float* p = x + h * D + 2 * i;
-      const float re = p[0], im = p[1];
-      p[0] = re * c[i] - im * s[i];
-      p[1] = re * s[i] + im * c[i];
-    }
-}
-
 // Where a layer's new keys/values go and what each row attends over: a contiguous cache (every
 // row at one position) or the engine's paged pool (each row its own slots).
 struct ContiguousCache {
@@ -549,6 +475,80 @@ struct PagedCache {
     });
   }
 };
+
+// A paged pool (k, v: (slots, KV, D)) and the slots each of B rows attends over: row b reads
+// slots[b, :lengths[b]]; `slot` (may be null: attention only) says where row b's new key/value
+// goes. Checks every slot against the pool, so no row reads or writes outside it.
+PagedCache paged_cache(const at::Tensor& k, const at::Tensor& v, const int64_t* slot,
+                       const at::Tensor& slots, const at::Tensor& lengths, int64_t B, int64_t H,
+                       const char* what) {
+  TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
+                  k.device().is_cpu() && v.device().is_cpu(),
+              what, ": the pools must be contiguous float32 CPU tensors (slots, kv_heads, head_dim)");
+  const int64_t KV = k.size(1), D = k.size(2), pool = k.size(0);
+  TORCH_CHECK(H % KV == 0 && D % 8 == 0, what, ": bad head groups or head_dim");
+  TORCH_CHECK(slots.dim() == 2 && slots.size(0) == B && slots.scalar_type() == at::kLong &&
+                  slots.is_contiguous() && lengths.numel() == B &&
+                  lengths.scalar_type() == at::kLong && lengths.is_contiguous(),
+              what, ": int64 slots (rows, max_len) and lengths (rows,)");
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* lp = lengths.data_ptr<int64_t>();
+  const int64_t width = slots.size(1);
+  int64_t longest = 1;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width, what, ": bad length ", lp[b]);
+    TORCH_CHECK(slot == nullptr || (slot[b] >= 0 && slot[b] < pool), what,
+                ": slot outside the pool");
+    for (int64_t j = 0; j < lp[b]; ++j)
+      TORCH_CHECK(sp[b * width + j] >= 0 && sp[b * width + j] < pool, what,
+                  ": slot outside the pool");
+    longest = std::max(longest, lp[b]);
+  }
+  return {k.data_ptr<float>(), v.data_ptr<float>(), KV, D, slot, sp, lp, width, longest};
+}
+
+// The serving engine's decode rows: q (B, H, D) over a paged pool (see paged_cache).
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& slots, const at::Tensor& lengths,
+                                  double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.device().is_cpu(),
+              "paged_decode_attention: q must be float32 on the CPU (rows, heads, head_dim)");
+  const int64_t B = q.size(0), H = q.size(1);
+  const at::Tensor qc = q.contiguous(), sc = slots.contiguous(), lc = lengths.contiguous();
+  const PagedCache cache = paged_cache(k, v, nullptr, sc, lc, B, H, "paged_decode_attention");
+  TORCH_CHECK(q.size(2) == cache.D, "paged_decode_attention: q and the pool disagree (head_dim)");
+  at::Tensor out = at::empty({B, H, cache.D}, q.options());
+  cache.attend_rows(qc.data_ptr<float>(), B, H, static_cast<float>(scale), out.data_ptr<float>());
+  return out;
+}
+
+// ---- one decoder layer for one new token per row (int8 weights, contiguous cache) ----
+// x (B, dim) -> x + attention + feed-forward, as TransformerBlock computes it: RMSNorm, q/k/v in
+// one product, RoPE on adjacent pairs, this position's keys/values written into the cache,
+// attention over keys 0..pos, wo; RMSNorm, w1/w3 in one product, SiLU(gate) * up, w2. One call
+// instead of ~9 (each a few microseconds of dispatch around little work).
+
+void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t K, float* out) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * K;
+    double ss = 0.0;
+    for (int64_t k = 0; k < K; ++k) ss += static_cast<double>(xr[k]) * xr[k];
+    const float r = 1.f / std::sqrt(static_cast<float>(ss / K) + eps);
+    for (int64_t k = 0; k < K; ++k) out[m * K + k] = xr[k] * r * w[k];
+  }
+}
+
+// rotates adjacent pairs (x[2i], x[2i+1]) of each of `heads` heads by the angles (cos_i, sin_i)
+void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      float* p = x + h * D + 2 * i;
+      const float re = p[0], im = p[1];
+      p[0] = re * c[i] - im * s[i];
+      p[1] = re * s[i] + im * c[i];
+    }
+}
 
 struct LayerWeights {
   const float *attn_norm, *ffn_norm;
@@ -666,37 +666,14 @@ at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
                               const at::Tensor& slots, const at::Tensor& lengths,
                               int64_t n_heads) {
   const int64_t B = x.size(0), H = n_heads;
-  TORCH_CHECK(k_pool.dim() == 3 && k_pool.sizes() == v_pool.sizes() &&
-                  k_pool.scalar_type() == at::kFloat && v_pool.scalar_type() == at::kFloat &&
-                  k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.device().is_cpu() &&
-                  v_pool.device().is_cpu(),
-              "paged_decode_layer: pools must be contiguous float32 CPU tensors (slots, kv_heads, "
-              "head_dim)");
-  const int64_t KV = k_pool.size(1), D = k_pool.size(2), pool = k_pool.size(0);
-  TORCH_CHECK(H % KV == 0 && D % 8 == 0, "paged_decode_layer: bad head groups or head_dim");
-  TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous() &&
-                  slots.dim() == 2 && slots.size(0) == B && slots.scalar_type() == at::kLong &&
-                  slots.is_contiguous() && lengths.numel() == B &&
-                  lengths.scalar_type() == at::kLong && lengths.is_contiguous(),
-              "paged_decode_layer: int64 slot (rows,), slots (rows, width), lengths (rows,)");
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t* lp = lengths.data_ptr<int64_t>();
-  const int64_t* np = slot.data_ptr<int64_t>();
-  const int64_t width = slots.size(1);
-  int64_t longest = 1;
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width, "paged_decode_layer: bad length ", lp[b]);
-    TORCH_CHECK(np[b] >= 0 && np[b] < pool, "paged_decode_layer: slot outside the pool");
-    for (int64_t j = 0; j < lp[b]; ++j)
-      TORCH_CHECK(sp[b * width + j] >= 0 && sp[b * width + j] < pool,
-                  "paged_decode_layer: slot outside the pool");
-    longest = std::max(longest, lp[b]);
-  }
+  TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous(),
+              "paged_decode_layer: int64 slot (rows,)");
+  const PagedCache cache = paged_cache(k_pool, v_pool, slot.data_ptr<int64_t>(), slots, lengths,
+                                       B, H, "paged_decode_layer");
+  const int64_t KV = cache.KV, D = cache.D;
   check_angles(cos, sin, B, D);
   const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, wqkv, wqkv_scale, wo,
                                        wo_scale, w13, w13_scale, w2, w2_scale, H, KV, D);
-  const PagedCache cache{k_pool.data_ptr<float>(), v_pool.data_ptr<float>(), KV, D, np, sp, lp,
-                         width, longest};
   return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .kv_cache import KVCache
 from .paged_cache import PagedBatch
 
@@ -39,8 +40,6 @@ def eligible(model: torch.nn.Module) -> bool:
 
 
 def _eligible(model) -> bool:
-    from .. import kernels
-
     emb = model.tok_embeddings.weight
     if emb.device.type != "cpu" or emb.dtype != torch.float32 or model.params.head_dim % 8:
         return False
@@ -56,17 +55,17 @@ def _eligible(model) -> bool:
 
 def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) -> bool:
     """Whether this step (`tokens` at `positions`, into `cache`) takes the native path."""
+    # the model first: decided once, and the only test a compiled (never eligible) model traces
+    if not eligible(model):
+        return False
     if isinstance(cache, PagedBatch):  # a flat batch (1, T): native when every row decodes
-        ok = not cache.prefills and cache.pool.native and cache.pool.k[0].dtype == torch.float32
-    else:  # (bsz, 1) rows at one position
-        ok = (
-            tokens.shape[1] == 1
-            and positions.numel() == 1
-            and isinstance(cache, KVCache)
-            and cache.k[0].dtype == torch.float32
-            and cache.k[0].device.type == "cpu"
-        )
-    return ok and eligible(model)
+        return not cache.prefills and cache.pool.native
+    return (  # (bsz, 1) rows at one position
+        tokens.shape[1] == 1
+        and positions.numel() == 1
+        and isinstance(cache, KVCache)
+        and kernels.native_attention(cache.k[0])
+    )
 
 
 def _weights(layer) -> list:
