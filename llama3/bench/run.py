@@ -90,6 +90,8 @@ def run_bench(cfg: BenchConfig, tokenizer, on_result=None) -> dict:
     results = []
     for spec in worker_specs(cfg, tokenizer):
         r = run_worker(spec)
+        if "weight_bytes" in r:  # the speed of streaming this engine's own working set
+            r["read_bandwidth_bytes_s"] = read_bandwidth(cfg.threads, nbytes=r["weight_bytes"])
         results.append(r)
         if on_result:
             on_result(r)

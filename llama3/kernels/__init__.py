@@ -1,8 +1,9 @@
 """Native CPU kernels (cpu_kernels.cpp), built on first use: weight-only int8/int4 products,
 decode-time attention (contiguous cache and paged pool) and whole int8 decoder layers.
 
-The source is compiled once per (source, torch version, compiler flags) with the system C++
-compiler against PyTorch's headers, into `$LLAMA3_KERNEL_CACHE` (default
+The source is compiled once per (source, torch version, compiler flags, CPU) with the system C++
+compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 products use
+AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
 `decode_attention`, `paged_decode_attention`, `decode_layer` and `paged_decode_layer`.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w"]
+
+
+def _march() -> str:
+    """The target: by default the machine that builds them, so AVX-512 VNNI paths switch on where
+    present; `LLAMA3_KERNELS_MARCH=haswell` builds the AVX2-only kernels anywhere (tests use it)."""
+    return "-march=" + os.environ.get("LLAMA3_KERNELS_MARCH", "native")
 
 
 def cache_dir() -> Path:
@@ -62,7 +69,7 @@ def _build(target: Path) -> None:
     torch_dir = Path(torch.__file__).parent
     from torch.utils.cpp_extension import include_paths
 
-    cmd = [_compiler(), *_FLAGS, str(SOURCE)]
+    cmd = [_compiler(), *_FLAGS, _march(), str(SOURCE)]
     cmd += [f"-I{p}" for p in include_paths()]
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     lib = torch_dir / "lib"
@@ -84,10 +91,20 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a cache shared by machines of different CPUs (a network home)
+    keeps one build per instruction set, since -march=native ties a build to its CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
 def _library_path() -> Path:
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(" ".join([torch.__version__, *_FLAGS]).encode())
+    key.update(" ".join([torch.__version__, *_FLAGS, _march(), _cpu_flags()]).encode())
     return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"
 
 

@@ -24,7 +24,13 @@ namespace {
 
 constexpr int64_t kRowBlock = 4;    // activation rows per pass over a weight row
 constexpr int64_t kOutBlock = 32;   // weight rows per task: their bytes stay in L1/L2 across passes
-constexpr int64_t kFlush = 4096;    // int8: a lane adds 4096/32 pairs of at most 2*128*32767: < 2^31
+constexpr int64_t kColBlock = 4;    // weight rows per pass for a single activation row
+// Weight bytes ahead of the current read that the products prefetch: decoding streams every weight
+// once per token, and the hardware prefetchers alone (restarting at each 4 KiB page, a few lines
+// deep) leave most of the bandwidth unused: 9 KiB ahead took a decode step from 8.2 to 4.5 ms on a
+// 2-core Xeon (2 KiB: 5.2 ms; 36 KiB: 5.3 ms).
+constexpr int64_t kPrefetch = 9216;
+constexpr int64_t kFlush = 2048;    // int8: a lane adds 2048/32 * 4 products of at most 128*32767: < 2^31
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -33,19 +39,25 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// `ahead` bytes past p (a hint, which never faults: past the weights' end is fine)
+inline void prefetch(const void* p, int64_t ahead = kPrefetch) {
+  _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + ahead), _MM_HINT_T0);
+}
+
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 inline __m256i load256(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
 
-// Activations on int16 grids: x[m, k] ~= q[m, k] * step[m], each 32-element chunk stored
-// as its 16 even then its 16 odd elements: the order in which both kernels unpack 32 weights
-// (int8: the low and high bytes of 16-bit lanes by two shifts, cheaper than a sign-extending
-// shuffle; int4: the low and high nibbles).
+// Activations on int16 grids: x[m, k] ~= q[m, k] * step[m]. Interleaved (the AVX2 kernels):
+// each 32-element chunk stored as its 16 even then its 16 odd elements, the order in which they
+// unpack 32 weights (int8: the low and high bytes of 16-bit lanes by two shifts, cheaper than a
+// sign-extending shuffle; int4: the low and high nibbles). In order: the AVX-512 int8 kernel,
+// which sign-extends 32 weights in one instruction.
 struct Int16Rows {
   std::vector<int16_t> q;
   std::vector<float> step;
-  Int16Rows(const float* x, int64_t M, int64_t K) : q(M * K), step(M) {
+  Int16Rows(const float* x, int64_t M, int64_t K, bool interleave = true) : q(M * K), step(M) {
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
         const float* xr = x + m * K;
@@ -55,7 +67,8 @@ struct Int16Rows {
         const float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
         step[m] = s;
         for (int64_t k = 0; k < K; ++k) {
-          const int64_t at = (k & ~int64_t(31)) + ((k & 1) << 4) + ((k & 31) >> 1);
+          const int64_t at =
+              interleave ? (k & ~int64_t(31)) + ((k & 1) << 4) + ((k & 31) >> 1) : k;
           qr[at] = static_cast<int16_t>(std::nearbyint(xr[k] * inv));
         }
       }
@@ -63,68 +76,153 @@ struct Int16Rows {
   }
 };
 
-// Runs dot<R>(m, n, out) for every block of up to kRowBlock activation rows m.. and weight row
-// n, tasks over blocks of kOutBlock weight rows, and stores out[i] * step[m + i] * row_scale(n).
-template <typename Dot, typename RowScale>
+// Runs dot(R, C, m, n, out) for every block of R <= kRowBlock activation rows m.. and C weight
+// rows n.. (C = kColBlock for a single row where the kernel supports it, else 1; out[r * C + c]),
+// tasks over blocks of kOutBlock weight rows, and stores out * step[m + r] * row_scale(n + c).
+// A single activation row takes weight rows four at a time: a decoded token is one row, and per
+// weight row its loop is only K / 32 steps, so the per-row reduction and stores would dominate.
+template <int MaxC, typename Dot, typename RowScale>
 void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScale row_scale) {
   const int64_t blocks = (N + kOutBlock - 1) / kOutBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    float out[kRowBlock];
+    float out[kRowBlock * kColBlock];
+    auto store = [&](int64_t m, int64_t r, int64_t n, int64_t c) {
+      for (int64_t i = 0; i < r; ++i)
+        for (int64_t j = 0; j < c; ++j)
+          y[(m + i) * N + n + j] = out[i * c + j] * xq.step[m + i] * row_scale(n + j);
+    };
     for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kOutBlock) {
       const int64_t n1 = std::min(N, n0 + kOutBlock);
       for (int64_t m = 0; m < M; m += kRowBlock) {
         const int64_t r = std::min(kRowBlock, M - m);
-        for (int64_t n = n0; n < n1; ++n) {
+        int64_t n = n0;
+        if constexpr (MaxC > 1) {
+          if (r == 1)
+            for (; n + MaxC <= n1; n += MaxC) {
+              dot(std::integral_constant<int, 1>{}, std::integral_constant<int, MaxC>{}, m, n, out);
+              store(m, 1, n, MaxC);
+            }
+        }
+        for (; n < n1; ++n) {
+          constexpr std::integral_constant<int, 1> one{};
           switch (r) {
-            case 4: dot(std::integral_constant<int, 4>{}, m, n, out); break;
-            case 3: dot(std::integral_constant<int, 3>{}, m, n, out); break;
-            case 2: dot(std::integral_constant<int, 2>{}, m, n, out); break;
-            default: dot(std::integral_constant<int, 1>{}, m, n, out); break;
+            case 4: dot(std::integral_constant<int, 4>{}, one, m, n, out); break;
+            case 3: dot(std::integral_constant<int, 3>{}, one, m, n, out); break;
+            case 2: dot(std::integral_constant<int, 2>{}, one, m, n, out); break;
+            default: dot(one, one, m, n, out); break;
           }
-          const float s = row_scale(n);
-          for (int64_t i = 0; i < r; ++i) y[(m + i) * N + n] = out[i] * xq.step[m + i] * s;
+          store(m, r, n, 1);
         }
       }
     }
   });
 }
 
+// Sums of the 8 lanes of each of up to four vectors, each as ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)):
+// one order for every caller, so a row's result does not depend on how rows were grouped.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
+template <int N>
+inline void hsum_all(const __m256 (&f)[N], float* out) {
+  for (int i = 0; i < N; i += 4) {
+    const __m256 z = _mm256_setzero_ps();
+    float s[4];
+    _mm_storeu_ps(s, hsum4(f[i], i + 1 < N ? f[i + 1] : z, i + 2 < N ? f[i + 2] : z,
+                           i + 3 < N ? f[i + 3] : z));
+    for (int j = 0; j < 4 && i + j < N; ++j) out[i + j] = s[j];
+  }
+}
+
 // ---- int8: w[n, k] = codes[n, k] * scale[n] ----
 
-// R activation rows times one int8 weight row.
-template <int R>
-inline void int8_dot(const int16_t* x, int64_t K, const int8_t* w, float* out) {
-  __m256 f[R];
-  for (int r = 0; r < R; ++r) f[r] = _mm256_setzero_ps();
-  for (int64_t k0 = 0; k0 < K; k0 += kFlush) {
-    const int64_t k1 = std::min(K, k0 + kFlush);
-    __m256i a[R][2];
-    for (int r = 0; r < R; ++r) a[r][0] = a[r][1] = _mm256_setzero_si256();
-    for (int64_t k = k0; k < k1; k += 32) {
-      const __m256i b = load256(w + k);
-      const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
-      const __m256i odd = _mm256_srai_epi16(b, 8);
-      for (int r = 0; r < R; ++r) {
-        a[r][0] = _mm256_add_epi32(a[r][0], _mm256_madd_epi16(even, load256(x + r * K + k)));
-        a[r][1] = _mm256_add_epi32(a[r][1], _mm256_madd_epi16(odd, load256(x + r * K + k + 16)));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      f[r] = _mm256_add_ps(f[r], _mm256_cvtepi32_ps(_mm256_add_epi32(a[r][0], a[r][1])));
+// One step of R activation rows times C weight rows over 32 weights k.., into int32 lanes
+// a[r * C + c], per instruction set.
+#if defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
+// AVX-512 VNNI (the kernels are built for the machine they run on): 32 weights sign-extended to
+// 16 bits by one instruction and multiplied-and-added into 16 int32 lanes by vpdpwssd.
+constexpr bool kInt8Interleaved = false;
+using Int32s = __m512i;
+using Floats = __m512;
+inline Int32s int32_zero() { return _mm512_setzero_si512(); }
+inline Floats floats_zero() { return _mm512_setzero_ps(); }
+inline Floats add_converted(Floats f, Int32s a) { return _mm512_add_ps(f, _mm512_cvtepi32_ps(a)); }
+inline __m256 fold(Floats v) {
+  return _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+}
+
+template <int R, int C>
+inline void int8_step(Int32s* a, const int16_t* x, int64_t K, const int8_t* w, int64_t k) {
+  __m512i wk[C];
+  for (int c = 0; c < C; ++c) {
+    if ((k & 63) == 0) prefetch(w + c * K + k);  // one per 64-byte line
+    wk[c] = _mm512_cvtepi8_epi16(load256(w + c * K + k));
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(f[r]);
+  for (int r = 0; r < R; ++r) {
+    const __m512i xk = _mm512_loadu_si512(x + r * K + k);
+    for (int c = 0; c < C; ++c) a[r * C + c] = _mm512_dpwssd_epi32(a[r * C + c], wk[c], xk);
+  }
+}
+#else
+// AVX2: the low and high bytes of 16-bit lanes (the even and odd weights) by shifts, each
+// multiplied with its activations by vpmaddwd.
+constexpr bool kInt8Interleaved = true;
+using Int32s = __m256i;
+using Floats = __m256;
+inline Int32s int32_zero() { return _mm256_setzero_si256(); }
+inline Floats floats_zero() { return _mm256_setzero_ps(); }
+inline Floats add_converted(Floats f, Int32s a) { return _mm256_add_ps(f, _mm256_cvtepi32_ps(a)); }
+inline __m256 fold(Floats v) { return v; }
+
+template <int R, int C>
+inline void int8_step(Int32s* a, const int16_t* x, int64_t K, const int8_t* w, int64_t k) {
+  __m256i even[C], odd[C];
+  for (int c = 0; c < C; ++c) {
+    if ((k & 63) == 0) prefetch(w + c * K + k);  // one per 64-byte line
+    const __m256i b = load256(w + c * K + k);
+    even[c] = _mm256_srai_epi16(_mm256_slli_epi16(b, 8), 8);
+    odd[c] = _mm256_srai_epi16(b, 8);
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256i x0 = load256(x + r * K + k), x1 = load256(x + r * K + k + 16);
+    for (int c = 0; c < C; ++c)
+      a[r * C + c] = _mm256_add_epi32(
+          a[r * C + c],
+          _mm256_add_epi32(_mm256_madd_epi16(even[c], x0), _mm256_madd_epi16(odd[c], x1)));
+  }
+}
+#endif
+
+// R activation rows times C int8 weight rows: out[r * C + c].
+template <int R, int C>
+inline void int8_dot(const int16_t* x, int64_t K, const int8_t* w, float* out) {
+  Floats f[R * C];
+  for (int i = 0; i < R * C; ++i) f[i] = floats_zero();
+  for (int64_t k0 = 0; k0 < K; k0 += kFlush) {
+    Int32s a[R * C];
+    for (int i = 0; i < R * C; ++i) a[i] = int32_zero();
+    for (int64_t k = k0; k < std::min(K, k0 + kFlush); k += 32) int8_step<R, C>(a, x, K, w, k);
+    for (int i = 0; i < R * C; ++i) f[i] = add_converted(f[i], a[i]);
+  }
+  __m256 g[R * C];
+  for (int i = 0; i < R * C; ++i) g[i] = fold(f[i]);
+  hsum_all(g, out);
 }
 
 // y (M, N) = x (M, K) times the int8 weights' transpose; K a multiple of 32.
 void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, const float* scale,
                   int64_t N, float* y) {
   if (M == 0 || N == 0) return;
-  const Int16Rows xq(x, M, K);
-  tiled(M, N, xq, y,
-        [&](auto R, int64_t m, int64_t n, float* out) {
-          int8_dot<decltype(R)::value>(xq.q.data() + m * K, K, codes + n * K, out);
-        },
-        [&](int64_t n) { return scale[n]; });
+  const Int16Rows xq(x, M, K, kInt8Interleaved);
+  tiled<kColBlock>(
+      M, N, xq, y,
+      [&](auto R, auto C, int64_t m, int64_t n, float* out) {
+        int8_dot<decltype(R)::value, decltype(C)::value>(xq.q.data() + m * K, K, codes + n * K,
+                                                         out);
+      },
+      [&](int64_t n) { return scale[n]; });
 }
 
 void check_int8(const at::Tensor& codes, const at::Tensor& scale, int64_t K, const char* what) {
@@ -190,6 +288,8 @@ inline void int4_dot32(const int16_t* x, const float* xsum, int64_t K, const uin
   for (int r = 0; r < R; ++r) f[r] = h[r] = _mm256_setzero_ps();
   int64_t g = 0;
   for (; g + 2 <= groups; g += 2) {
+    if ((g & 3) == 0) prefetch(w + g * 16);  // per 64-byte line of codes, and of scales, zeros:
+    if ((g & 15) == 0) prefetch(scale + g, kPrefetch / 4), prefetch(zero + g, kPrefetch / 4);
     const Nibbles w0(w + g * 16), w1(w + g * 16 + 16);
     const __m256 s0 = _mm256_broadcast_ss(scale + g), s1 = _mm256_broadcast_ss(scale + g + 1);
     for (int r = 0; r < R; ++r) {
@@ -218,7 +318,9 @@ inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8
   for (int64_t g = 0; g < groups; ++g) {
     __m256i a[R];
     for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_si256();
+    if ((g & 15) == 0) prefetch(scale + g, kPrefetch / 4), prefetch(zero + g, kPrefetch / 4);
     for (int64_t k = g * group; k < (g + 1) * group; k += 32) {
+      if ((k & 127) == 0) prefetch(w + k / 2);
       const Nibbles wk(w + k / 2);
       for (int r = 0; r < R; ++r) a[r] = _mm256_add_epi32(a[r], wk.dot(x + r * K + k));
     }
@@ -255,8 +357,8 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
   const uint8_t* wp = packed.data_ptr<uint8_t>();
   const float* sp = scale.data_ptr<float>();
   const float* zp = zero.data_ptr<float>();
-  tiled(M, N, xq, y.data_ptr<float>(),
-        [&](auto R, int64_t m, int64_t n, float* out) {
+  tiled<1>(M, N, xq, y.data_ptr<float>(),
+        [&](auto R, auto, int64_t m, int64_t n, float* out) {
           constexpr int r = decltype(R)::value;
           const int16_t* xr = xq.q.data() + m * K;
           const float* xs = xsum.data() + m * groups;

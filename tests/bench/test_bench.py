@@ -45,10 +45,12 @@ def test_bench_measures_every_engine(tiny):
     assert ours["prefill_tok_s"]["median"] <= ours["prefill_tok_s"]["max"]
     assert set(ours["decode_tok_s"]) == {"1", "2"}
     assert ours["ttft_ms"]["median"] > 0 and ours["peak_rss_bytes"] > 50e6
+    assert ours["read_bandwidth_bytes_s"] > 1e8  # its working set's read speed, for its bound
     # the F32 file holds our float32 weights plus llama.cpp's rope_freqs table (head_dim / 2)
     assert gguf_weight_bytes(path) == ours["weight_bytes"] + 16 // 2 * 4
     text = render(report)
     assert "decode b2 tok/s" in text and "bandwidth bound tok/s" in text
+    assert "working-set read GB/s" in text
     if _has_llama_cpp():
         assert "error" not in by["llama.cpp"], by["llama.cpp"]
         assert by["llama.cpp"]["weight_bytes"] == gguf_weight_bytes(path)

@@ -59,3 +59,36 @@ def test_a_failing_compiler_falls_back_with_a_warning(tmp_path):
     assert lines[1] == "torch.Size([2, 8]) False"
     assert "native CPU kernels off" in err and "Traceback" not in err
     assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
+
+
+def test_the_avx2_build_passes_the_kernel_tests(tmp_path):
+    """The kernels are built for the CPU at hand, so on an AVX-512 machine the AVX2 code (what
+    Zen 3 and older Intel CPUs run) is not what the other tests exercise: build it explicitly and
+    rerun the kernels' correctness tests against it (on an AVX2-only CPU: the same code again)."""
+    from llama3 import kernels
+
+    why = kernels.unavailable_reason()
+    if why and "failed" not in why:
+        pytest.skip(why)
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA3_KERNELS", "CXX")}
+    env.update(LLAMA3_KERNEL_CACHE=str(tmp_path / "cache"), LLAMA3_KERNELS_MARCH="haswell")
+    files = [
+        "tests/quant/test_int8.py",
+        "tests/quant/test_int4.py",
+        "tests/model/test_native_decode.py",
+        "tests/model/test_decode_attention.py",
+    ]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", *files],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, summary
+    built = list((tmp_path / "cache").glob("llama3_kernels-*.so"))
+    assert len(built) == 1  # the kernels were on (built for haswell), not the fallback
