@@ -10,6 +10,9 @@ with hundreds of MB of L3). The decode bound uses the second: it is what the dec
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -33,6 +36,19 @@ def read_bandwidth(threads: int, *, nbytes: int = BUFFER_BYTES, passes: int = 7)
         return buf.numel() * 4 / best
     finally:
         torch.set_num_threads(before)
+
+
+def read_bandwidth_apart(threads: int, *, nbytes: int = BUFFER_BYTES) -> float:
+    """`read_bandwidth` in a process of its own: the buffer would otherwise raise this process's
+    peak RSS, which the engines' worker processes inherit (Linux keeps it across fork and exec)."""
+    code = (
+        "import json, sys; from llama3.bench.bandwidth import read_bandwidth; "
+        f"print(json.dumps(read_bandwidth({int(threads)}, nbytes={int(nbytes)})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def decode_bound(weight_bytes: int, bandwidth: float) -> float:

@@ -80,7 +80,7 @@ def render(report: dict) -> str:
         f"{report['model']}",
         f"{m['cpu']}, {report['threads']} threads, memory read bandwidth "
         f"{report['read_bandwidth_bytes_s'] / 1e9:.1f} GB/s (each engine's bound: the read speed "
-        "of a buffer the size of its weights per token); greedy, {report['new_tokens']} new "
+        f"of a buffer the size of its weights per token); greedy, {report['new_tokens']} new "
         f"tokens; median of {report['runs']} runs (min-max)",
         "",
     ]

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .bandwidth import read_bandwidth
+from .bandwidth import read_bandwidth_apart
 from .worker import WorkerSpec
 
 #: Text the prompts are cut from (any text does: the figures do not depend on the words)
@@ -86,12 +86,14 @@ def run_worker(spec: WorkerSpec) -> dict:
 
 
 def run_bench(cfg: BenchConfig, tokenizer, on_result=None) -> dict:
-    bandwidth = read_bandwidth(cfg.threads)
+    bandwidth = read_bandwidth_apart(cfg.threads)
     results = []
     for spec in worker_specs(cfg, tokenizer):
         r = run_worker(spec)
         if "weight_bytes" in r:  # the speed of streaming this engine's own working set
-            r["read_bandwidth_bytes_s"] = read_bandwidth(cfg.threads, nbytes=r["weight_bytes"])
+            r["read_bandwidth_bytes_s"] = read_bandwidth_apart(
+                cfg.threads, nbytes=r["weight_bytes"]
+            )
         results.append(r)
         if on_result:
             on_result(r)

@@ -98,9 +98,22 @@ def measure(spec: WorkerSpec) -> dict:
         "ttft_ms": Summary.of(ttft).to_dict() if ttft else None,
         "decode_tok_s": {b: Summary.of(r).to_dict() for b, r in decode.items()},
         "weight_bytes": engine.weight_bytes,
-        # ru_maxrss is in KiB on Linux
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries that
+    across fork and exec, so a worker would report its parent's peak when the parent's is larger
+    (earlier runs of the bench showed every engine at the driver's 806 MB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def main() -> int:
