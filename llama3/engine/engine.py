@@ -66,12 +66,11 @@ def default_engine_config(
     """Size the KV pool from free memory (or `kv_cache_bytes`), never past what max_num_seqs
     sequences of max_model_len tokens could use."""
     args = model.params
-    weight = model.tok_embeddings.weight
-    per_token = args.kv_bytes_per_token(weight.element_size())
+    per_token = args.kv_bytes_per_token(model.dtype.itemsize)
     budget = (
         kv_cache_bytes
         if kv_cache_bytes is not None
-        else int(available_memory(weight.device) * KV_MEMORY_FRACTION)
+        else int(available_memory(model.device) * KV_MEMORY_FRACTION)
     )
     blocks = num_blocks_for_memory(budget, per_token, block_size)
     model_len = max_model_len or min(args.max_position_embeddings, blocks * block_size)
@@ -91,8 +90,7 @@ class LLMEngine:
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.config = config or default_engine_config(model)
-        weight = model.tok_embeddings.weight
-        self.device = weight.device
+        self.device = model.device
         self.block_manager = BlockManager(
             self.config.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
@@ -102,7 +100,7 @@ class LLMEngine:
             self.config.num_blocks,
             self.config.block_size,
             device=self.device,
-            dtype=weight.dtype,
+            dtype=model.dtype,
         )
         self.runner = ModelRunner(model, self.pool, self.block_manager)
         self._ids = itertools.count()

@@ -18,7 +18,7 @@ from .scheduler import SchedulerOutput
 class ModelRunner:
     def __init__(self, model: Transformer, pool: PagedKVPool, block_manager: BlockManager) -> None:
         self.model, self.pool, self.block_manager = model, pool, block_manager
-        self.device = model.tok_embeddings.weight.device
+        self.device = model.device
 
     def run(
         self, out: SchedulerOutput

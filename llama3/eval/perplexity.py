@@ -75,7 +75,7 @@ def perplexity(
             f"model's ({model.params.vocab_size})",
             "compare models that share a tokenizer (e.g. a quantized model and its float original)",
         )
-    device = model.tok_embeddings.weight.device
+    device = model.device
     ids = torch.tensor(tokens, device=device)
     nll_sum, kl_sum, agree, scored = 0.0, 0.0, 0, 0
     plan = windows(len(tokens), ctx, stride)
@@ -89,9 +89,7 @@ def perplexity(
         nll_sum -= logp.gather(1, target[:, None]).sum().item()
         scored += end - first
         if reference is not None:
-            ref = torch.log_softmax(
-                reference(x.to(reference.tok_embeddings.weight.device))[0, lo:hi].float(), -1
-            )
+            ref = torch.log_softmax(reference(x.to(reference.device))[0, lo:hi].float(), -1)
             ref = ref.to(logp.device)
             kl_sum += (ref.exp() * (ref - logp)).sum().item()
             agree += int((ref.argmax(-1) == logp.argmax(-1)).sum().item())

@@ -66,7 +66,7 @@ class BatchGeneration:
 
     def __iter__(self) -> Iterator[TokenEvent]:
         model, prompts, params = self.model, self.prompts, self.params
-        device = model.tok_embeddings.weight.device
+        device = model.device
         bsz = len(prompts)
         lens = [len(p) for p in prompts]
         room = [self.max_seq_len - n for n in lens]
@@ -81,9 +81,7 @@ class BatchGeneration:
         if decoder is not None:
             cache: KVCache = decoder.cache_for(bsz)
         else:
-            cache = KVCache(
-                model.params, bsz, total_len, device=device, dtype=model.tok_embeddings.weight.dtype
-            )
+            cache = KVCache(model.params, bsz, total_len, device=device, dtype=model.dtype)
         states = [
             SequenceState(i, p, sp, self.tokenizer, max_new=m, device=device)
             for i, (p, sp, m) in enumerate(zip(prompts, params, max_new))

@@ -330,23 +330,12 @@ inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8
   add_zeros<R>(xsum, zero, groups, f, out);
 }
 
-at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                   const at::Tensor& zero, int64_t group) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
-              "int4_mm: x must be a contiguous float32 CPU matrix");
-  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.device().is_cpu() && scale.device().is_cpu() && zero.device().is_cpu(),
-              "int4_mm: packed must be a contiguous uint8 CPU matrix");
-  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
-  TORCH_CHECK(packed.size(1) * 2 == K && group % 32 == 0 && K % group == 0,
-              "int4_mm: K must match and the group be a multiple of 32 dividing K");
+// y (M, N) = x (M, K) times the int4 weights' transpose; group a multiple of 32 dividing K.
+void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,
+                  const float* zp, int64_t group, int64_t N, float* y) {
+  if (M == 0 || N == 0) return;
   const int64_t groups = K / group;
-  for (const at::Tensor* t : {&scale, &zero})
-    TORCH_CHECK(t->numel() == N * groups && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "int4_mm: scale and zero must be contiguous float32 (out, in / group)");
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0 || N == 0) return y;
-  const Int16Rows xq(x.data_ptr<float>(), M, K);
+  const Int16Rows xq(x, M, K);
   std::vector<float> xsum(M * groups);  // per row and group: the sum of its int16 activations
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
@@ -354,10 +343,7 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
       for (int64_t k = g * group; k < (g + 1) * group; ++k) s += xq.q[m * K + k];
       xsum[m * groups + g] = static_cast<float>(s);
     }
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const float* sp = scale.data_ptr<float>();
-  const float* zp = zero.data_ptr<float>();
-  tiled<1>(M, N, xq, y.data_ptr<float>(),
+  tiled<1>(M, N, xq, y,
         [&](auto R, auto, int64_t m, int64_t n, float* out) {
           constexpr int r = decltype(R)::value;
           const int16_t* xr = xq.q.data() + m * K;
@@ -368,6 +354,58 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tens
             int4_dot<r>(xr, xs, K, wp + n * (K / 2), sp + n * groups, zp + n * groups, group, out);
         },
         [](int64_t) { return 1.f; });
+}
+
+// One projection's weights, int8 (codes int8 (N, K), scale (N)) or int4 (codes uint8 (N, K / 2),
+// scale and zero (N, K / group)), checked once.
+struct Proj {
+  const void* codes;
+  const float *scale, *zero;
+  int64_t N, group;  // group 0: int8
+
+  void product(const float* x, int64_t M, int64_t K, float* y) const {
+    if (group == 0)
+      int8_product(x, M, K, static_cast<const int8_t*>(codes), scale, N, y);
+    else
+      int4_product(x, M, K, static_cast<const uint8_t*>(codes), scale, zero, group, N, y);
+  }
+};
+
+void check_int4(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero,
+                int64_t K, int64_t group, const char* what) {
+  TORCH_CHECK(packed.dim() == 2 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.device().is_cpu() && scale.device().is_cpu() && zero.device().is_cpu(),
+              what, ": packed must be a contiguous uint8 CPU matrix");
+  TORCH_CHECK(packed.size(1) * 2 == K && group % 32 == 0 && K % group == 0, what,
+              ": K must match and the group be a multiple of 32 dividing K");
+  for (const at::Tensor* t : {&scale, &zero})
+    TORCH_CHECK(t->numel() == packed.size(0) * (K / group) && t->scalar_type() == at::kFloat &&
+                    t->is_contiguous(),
+                what, ": scale and zero must be contiguous float32 (out, in / group)");
+}
+
+// int8 when `codes` is int8 (zero unused), int4 when uint8 (group = K / scale's columns)
+Proj proj(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero, int64_t K,
+          const char* what) {
+  if (codes.scalar_type() == at::kChar) {
+    check_int8(codes, scale, K, what);
+    return {codes.data_ptr(), scale.data_ptr<float>(), nullptr, codes.size(0), 0};
+  }
+  TORCH_CHECK(scale.dim() == 2 && scale.size(1) > 0, what, ": int4 scale must be (out, groups)");
+  const int64_t group = K / scale.size(1);
+  check_int4(codes, scale, zero, K, group, what);
+  return {codes.data_ptr(), scale.data_ptr<float>(), zero.data_ptr<float>(), codes.size(0), group};
+}
+
+at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                   const at::Tensor& zero, int64_t group) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "int4_mm: x must be a contiguous float32 CPU matrix");
+  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
+  check_int4(packed, scale, zero, K, group, "int4_mm");
+  at::Tensor y = at::empty({M, N}, x.options());
+  int4_product(x.data_ptr<float>(), M, K, packed.data_ptr<uint8_t>(), scale.data_ptr<float>(),
+               zero.data_ptr<float>(), group, N, y.data_ptr<float>());
   return y;
 }
 
@@ -655,34 +693,30 @@ void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
 struct LayerWeights {
   const float *attn_norm, *ffn_norm;
   float eps;
-  const int8_t *wqkv, *wo, *w13, *w2;
-  const float *wqkv_s, *wo_s, *w13_s, *w2_s;
+  Proj wqkv, wo, w13, w2;
   int64_t F;  // hidden size of the feed-forward
 };
 
+// parts: codes, scale, zero of wqkv, wo, w13, w2 (zero: any tensor for int8)
 LayerWeights layer_weights(const at::Tensor& x, const at::Tensor& attn_norm,
-                           const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
-                           const at::Tensor& wqkv_scale, const at::Tensor& wo,
-                           const at::Tensor& wo_scale, const at::Tensor& w13,
-                           const at::Tensor& w13_scale, const at::Tensor& w2,
-                           const at::Tensor& w2_scale, int64_t H, int64_t KV, int64_t D) {
+                           const at::Tensor& ffn_norm, double eps, at::TensorList parts, int64_t H,
+                           int64_t KV, int64_t D) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                   x.device().is_cpu(),
               "decode_layer: x must be a contiguous float32 (rows, dim) CPU matrix");
-  const int64_t dim = x.size(1), F = w13.size(0) / 2;
-  check_int8(wqkv, wqkv_scale, dim, "decode_layer wqkv");
-  check_int8(wo, wo_scale, H * D, "decode_layer wo");
-  check_int8(w13, w13_scale, dim, "decode_layer w13");
-  check_int8(w2, w2_scale, F, "decode_layer w2");
-  TORCH_CHECK(wqkv.size(0) == (H + 2 * KV) * D && wo.size(0) == dim && w2.size(0) == dim,
+  TORCH_CHECK(parts.size() == 12, "decode_layer: proj holds codes, scale, zero of 4 projections");
+  const int64_t dim = x.size(1), F = parts[6].size(0) / 2;
+  const Proj wqkv = proj(parts[0], parts[1], parts[2], dim, "decode_layer wqkv");
+  const Proj wo = proj(parts[3], parts[4], parts[5], H * D, "decode_layer wo");
+  const Proj w13 = proj(parts[6], parts[7], parts[8], dim, "decode_layer w13");
+  const Proj w2 = proj(parts[9], parts[10], parts[11], F, "decode_layer w2");
+  TORCH_CHECK(wqkv.N == (H + 2 * KV) * D && wo.N == dim && w2.N == dim,
               "decode_layer: projection shapes disagree with the heads and dim");
   for (const at::Tensor* t : {&attn_norm, &ffn_norm})
     TORCH_CHECK(t->numel() == dim && t->scalar_type() == at::kFloat && t->is_contiguous(),
                 "decode_layer: norm weights must be contiguous float32 of size dim");
   return {attn_norm.data_ptr<float>(), ffn_norm.data_ptr<float>(), static_cast<float>(eps),
-          wqkv.data_ptr<int8_t>(), wo.data_ptr<int8_t>(), w13.data_ptr<int8_t>(),
-          w2.data_ptr<int8_t>(), wqkv_scale.data_ptr<float>(), wo_scale.data_ptr<float>(),
-          w13_scale.data_ptr<float>(), w2_scale.data_ptr<float>(), F};
+          wqkv, wo, w13, w2, F};
 }
 
 // cos/sin: (B, D/2), each row's angles.
@@ -697,7 +731,7 @@ at::Tensor layer(const at::Tensor& x, const LayerWeights& w, const float* cos, c
   float* hp = out.data_ptr<float>();
 
   rms_norm(xp, w.attn_norm, w.eps, B, dim, xn.data());
-  int8_product(xn.data(), B, dim, w.wqkv, w.wqkv_s, QKV, qkv.data());
+  w.wqkv.product(xn.data(), B, dim, qkv.data());
   for (int64_t b = 0; b < B; ++b) {
     float* r = qkv.data() + b * QKV;
     rope(r, H + KV, D, cos + b * D / 2, sin + b * D / 2);  // q and k heads
@@ -708,11 +742,11 @@ at::Tensor layer(const at::Tensor& x, const LayerWeights& w, const float* cos, c
     }
   }
   cache.attend_rows(q.data(), B, H, 1.f / std::sqrt(static_cast<float>(D)), attn.data());
-  int8_product(attn.data(), B, H * D, w.wo, w.wo_s, dim, y.data());
+  w.wo.product(attn.data(), B, H * D, y.data());
   for (int64_t i = 0; i < B * dim; ++i) hp[i] = xp[i] + y[i];
 
   rms_norm(hp, w.ffn_norm, w.eps, B, dim, xn.data());
-  int8_product(xn.data(), B, dim, w.w13, w.w13_s, 2 * F, g.data());
+  w.w13.product(xn.data(), B, dim, g.data());
   for (int64_t b = 0; b < B; ++b) {
     const float* gate = g.data() + b * 2 * F;
     const float* up = gate + F;
@@ -726,7 +760,7 @@ at::Tensor layer(const at::Tensor& x, const LayerWeights& w, const float* cos, c
     }
     for (; i < F; ++i) a[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
   }
-  int8_product(act.data(), B, F, w.w2, w.w2_s, dim, y.data());
+  w.w2.product(act.data(), B, F, y.data());
   for (int64_t i = 0; i < B * dim; ++i) hp[i] += y[i];
   return out;
 }
@@ -738,18 +772,13 @@ void check_angles(const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64
 }
 
 at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
-                        const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
-                        const at::Tensor& wqkv_scale, const at::Tensor& wo,
-                        const at::Tensor& wo_scale, const at::Tensor& w13,
-                        const at::Tensor& w13_scale, const at::Tensor& w2,
-                        const at::Tensor& w2_scale, const at::Tensor& cos, const at::Tensor& sin,
-                        const at::Tensor& k_cache, const at::Tensor& v_cache,
-                        const at::Tensor& pos, int64_t n_heads) {
+                        const at::Tensor& ffn_norm, double eps, at::TensorList proj,
+                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache,
+                        const at::Tensor& v_cache, const at::Tensor& pos, int64_t n_heads) {
   const int64_t B = x.size(0), H = n_heads, D = k_cache.size(3), KV = k_cache.size(1);
   check_cache(k_cache, v_cache, B, H, D, pos, "decode_layer");
   check_angles(cos, sin, B, D);
-  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, wqkv, wqkv_scale, wo,
-                                       wo_scale, w13, w13_scale, w2, w2_scale, H, KV, D);
+  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, proj, H, KV, D);
   const ContiguousCache cache{k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), KV,
                               k_cache.size(2), D, pos.item<int64_t>()};
   return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
@@ -758,15 +787,11 @@ at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
 // The engine's decode-only steps: row b writes its key/value at pool slot `slot[b]` and attends
 // over slots[b, :lengths[b]] (this step's slot included).
 at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
-                              const at::Tensor& ffn_norm, double eps, const at::Tensor& wqkv,
-                              const at::Tensor& wqkv_scale, const at::Tensor& wo,
-                              const at::Tensor& wo_scale, const at::Tensor& w13,
-                              const at::Tensor& w13_scale, const at::Tensor& w2,
-                              const at::Tensor& w2_scale, const at::Tensor& cos,
-                              const at::Tensor& sin, const at::Tensor& k_pool,
-                              const at::Tensor& v_pool, const at::Tensor& slot,
-                              const at::Tensor& slots, const at::Tensor& lengths,
-                              int64_t n_heads) {
+                              const at::Tensor& ffn_norm, double eps, at::TensorList proj,
+                              const at::Tensor& cos, const at::Tensor& sin,
+                              const at::Tensor& k_pool, const at::Tensor& v_pool,
+                              const at::Tensor& slot, const at::Tensor& slots,
+                              const at::Tensor& lengths, int64_t n_heads) {
   const int64_t B = x.size(0), H = n_heads;
   TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous(),
               "paged_decode_layer: int64 slot (rows,)");
@@ -774,8 +799,7 @@ at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
                                        B, H, "paged_decode_layer");
   const int64_t KV = cache.KV, D = cache.D;
   check_angles(cos, sin, B, D);
-  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, wqkv, wqkv_scale, wo,
-                                       wo_scale, w13, w13_scale, w2, w2_scale, H, KV, D);
+  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, proj, H, KV, D);
   return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
 }
 
@@ -789,15 +813,13 @@ TORCH_LIBRARY(llama3_kernels, m) {
       "paged_decode_attention(Tensor q, Tensor k, Tensor v, Tensor slots, Tensor lengths, "
       "float scale) -> Tensor");
   m.def(
-      "decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor wqkv, "
-      "Tensor wqkv_scale, Tensor wo, Tensor wo_scale, Tensor w13, Tensor w13_scale, Tensor w2, "
-      "Tensor w2_scale, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
-      "Tensor pos, int n_heads) -> Tensor");
+      "decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor[] proj, "
+      "Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor pos, "
+      "int n_heads) -> Tensor");
   m.def(
-      "paged_decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor wqkv, "
-      "Tensor wqkv_scale, Tensor wo, Tensor wo_scale, Tensor w13, Tensor w13_scale, Tensor w2, "
-      "Tensor w2_scale, Tensor cos, Tensor sin, Tensor(a!) k_pool, Tensor(b!) v_pool, "
-      "Tensor slot, Tensor slots, Tensor lengths, int n_heads) -> Tensor");
+      "paged_decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor[] proj, "
+      "Tensor cos, Tensor sin, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor slot, Tensor slots, "
+      "Tensor lengths, int n_heads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {

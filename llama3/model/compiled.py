@@ -42,9 +42,8 @@ def compile_available() -> str | None:
 
 class CompiledDecoder:
     def __init__(self, model: Transformer, max_batch_size: int, max_seq_len: int) -> None:
-        weight = model.tok_embeddings.weight
         self.model = model
-        model.inv_freq(weight.device)  # computed once now, not inside (and mutated by) the graph
+        model.inv_freq(model.device)  # computed once now, not inside (and mutated by) the graph
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self._caches: dict[int, StaticKVCache] = {}
         self._tokens: dict[int, torch.Tensor] = {}  # each step's input ids, per batch size
@@ -55,7 +54,7 @@ class CompiledDecoder:
         # The wrapper's per-call stride checks of ~370 inputs (~0.3 ms a step) re-check what
         # dynamo's guards already did.
         options: dict[str, object] = {"size_asserts": False}
-        if weight.device.type == "cuda":
+        if model.device.type == "cuda":
             options["triton.cudagraphs"] = True  # replay the whole step: no per-kernel launches
         skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         if skip is not None:
@@ -76,9 +75,9 @@ class CompiledDecoder:
         """The cache for batches of exactly `batch_size` rows (allocated on first use). One per
         size: writing into row slices of a larger cache would make the compiled graph copy it."""
         if batch_size not in self._caches:
-            w = self.model.tok_embeddings.weight
+            m = self.model
             self._caches[batch_size] = StaticKVCache(
-                self.model.params, batch_size, self.max_seq_len, device=w.device, dtype=w.dtype
+                m.params, batch_size, self.max_seq_len, device=m.device, dtype=m.dtype
             )
         return self._caches[batch_size]
 
@@ -111,7 +110,7 @@ class CompiledDecoder:
     def warm_up(self, batch_sizes: Iterable[int]) -> float:
         """Compile the step for `batch_sizes` (every window); returns the seconds it took."""
         t = time.perf_counter()
-        device = self.model.tok_embeddings.weight.device
+        device = self.model.device
         for b in batch_sizes:
             tokens = torch.zeros((b, 1), dtype=torch.long, device=device)
             # With the native attention one graph serves every position. Else the smallest

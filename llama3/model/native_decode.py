@@ -1,10 +1,10 @@
 """Decode steps through the native CPU layer kernels (`llama3_kernels::decode_layer` and
 `paged_decode_layer`).
 
-One new token per row on a CPU model whose projections are int8 with the native kernel (what
-`--quantize int8` and int8 checkpoints give) and a float32 cache: each layer is one call — norm,
-fused q/k/v, RoPE, cache write, attention, wo, norm, fused w1/w3, SiLU, w2 — instead of about nine
-operator calls, whose dispatch was ~25 % of a step on a small model. Two caches: the contiguous one
+One new token per row on a CPU model whose projections are int8 or int4 with the native kernels
+(what `--quantize int8|int4`, quantized checkpoints and 4-bit GGUF blocks give) and a float32
+cache: each layer is one call — norm, fused q/k/v, RoPE, cache write, attention, wo, norm, fused
+w1/w3, SiLU, w2 — instead of about nine operator calls, whose dispatch was ~25 % of a step on a small model. Two caches: the contiguous one
 of `generate`, chat and the bench (every row at one position), and the serving engine's paged pool
 on steps that only decode (each row its own position and slots). Anything else (prompt chunks, other
 weights, devices or dtypes) takes the module path.
@@ -19,10 +19,19 @@ from .kv_cache import KVCache
 from .paged_cache import PagedBatch
 
 
-def _native_int8(layer: object) -> bool:
+def _native_proj(layer: object) -> bool:
+    """An int8 or int4 projection whose tensors the native kernels take as they are."""
     # Int8Linear holds `codes` exactly when it multiplies with the native kernel
     codes = getattr(layer, "codes", None)
-    return isinstance(codes, torch.Tensor) and codes.device.type == "cpu"
+    if isinstance(codes, torch.Tensor):
+        return codes.device.type == "cpu"
+    packed = getattr(layer, "packed", None)  # Int4Linear
+    return (
+        isinstance(packed, torch.Tensor)
+        and packed.device.type == "cpu"
+        and getattr(layer, "_native", False)
+        and layer.group % 32 == 0
+    )
 
 
 def eligible(model: torch.nn.Module) -> bool:
@@ -40,12 +49,11 @@ def eligible(model: torch.nn.Module) -> bool:
 
 
 def _eligible(model) -> bool:
-    emb = model.tok_embeddings.weight
-    if emb.device.type != "cpu" or emb.dtype != torch.float32 or model.params.head_dim % 8:
+    if model.device.type != "cpu" or model.dtype != torch.float32 or model.params.head_dim % 8:
         return False
     for layer in model.layers:
         att, ff = layer.attention, layer.feed_forward
-        if not all(_native_int8(m) for m in (att.wqkv, att.wo, ff.w13, ff.w2)):
+        if not all(_native_proj(m) for m in (att.wqkv, att.wo, ff.w13, ff.w2)):
             return False
         for norm in (layer.attention_norm, layer.ffn_norm):
             if norm.weight.dtype != torch.float32:
@@ -68,21 +76,16 @@ def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) 
     )
 
 
+def _parts(proj) -> list[torch.Tensor]:
+    if hasattr(proj, "codes"):  # int8: no zeros (the kernel ignores the third tensor)
+        return [proj.codes, proj.scale, proj.scale]
+    return [proj.packed, proj.scale, proj.zero]
+
+
 def _weights(layer) -> list:
     att, ff = layer.attention, layer.feed_forward
-    return [
-        layer.attention_norm.weight,
-        layer.ffn_norm.weight,
-        layer.attention_norm.eps,
-        att.wqkv.codes,
-        att.wqkv.scale,
-        att.wo.codes,
-        att.wo.scale,
-        ff.w13.codes,
-        ff.w13.scale,
-        ff.w2.codes,
-        ff.w2.scale,
-    ]
+    parts = [t for p in (att.wqkv, att.wo, ff.w13, ff.w2) for t in _parts(p)]
+    return [layer.attention_norm.weight, layer.ffn_norm.weight, layer.attention_norm.eps, parts]
 
 
 def decode(

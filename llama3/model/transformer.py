@@ -122,6 +122,16 @@ class Transformer(nn.Module):
         self._native_decode: bool | None = None
         self._native_weights: list[tuple] | None = None  # each layer's tensors, when native
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (its final norm's device; embeddings may be int8)."""
+        return self.norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype activations and caches use (the final norm's; embeddings may be int8)."""
+        return self.norm.weight.dtype
+
     def tie_weights(self) -> None:
         """Share the output projection with the embedding (Llama 3.2 1B/3B, SmolLM2)."""
         self.output.weight = self.tok_embeddings.weight

@@ -2,8 +2,8 @@
 …) applied layer by layer while a model loads, so no float copy of the whole model ever exists.
 
 Every layer's q/k/v projections become one product (`wqkv`), and w1/w3 another (`w13`); wo, w2
-and the output head are quantized alone. Embeddings and norms stay float (a lookup reads one
-row; norms are tiny). GGUF Q4_0/Q4_1/Q4_K tensors become int4 group-32 layers straight from their
+and the output head are quantized alone. The embedding table becomes int8 rows (`Int8Embedding`:
+the head's own tensors when the two are tied); norms stay float (they are tiny). GGUF Q4_0/Q4_1/Q4_K tensors become int4 group-32 layers straight from their
 blocks, without requantization; every other source is quantized from its float values.
 """
 
@@ -21,7 +21,7 @@ from ..errors import InvalidRequestError
 from . import PARTS, SCHEMES
 from .gguf_blocks import type_name
 from .int4 import Int4Linear
-from .int8 import Int8Linear
+from .int8 import Int8Embedding, Int8Linear
 
 #: projections that read the same input, run as one product: (parent attribute, fused name)
 FUSED = (("attention", ("wq", "wk", "wv"), "wqkv"), ("feed_forward", ("w1", "w3"), "w13"))
@@ -122,13 +122,27 @@ def quantize_head(model: nn.Module, spec: QuantSpec, ready: QuantLinear | None =
     model.output = ready if ready is not None else spec.head.from_float([model.output.weight])
 
 
+def quantize_embedding(model: nn.Module, own: Int8Embedding | None = None) -> None:
+    """int8 embedding rows: a tied int8 head's tensors where it has them (held once), else `own`
+    (already quantized while loading) or the float table quantized now."""
+    head = model.output
+    if model.params.tie_word_embeddings and isinstance(getattr(head, "codes", None), torch.Tensor):
+        model.tok_embeddings = Int8Embedding(head.codes, head.scale, model.dtype)
+    elif own is not None:
+        own.out_dtype = model.dtype
+        model.tok_embeddings = own
+    elif not isinstance(model.tok_embeddings, Int8Embedding):
+        model.tok_embeddings = Int8Embedding.from_float(model.tok_embeddings.weight)
+
+
 def quantize_model(model: nn.Module, scheme: str | QuantSpec) -> nn.Module:
     """Quantize an already-built float model in place (loading does it layer by layer instead)."""
     spec = scheme if isinstance(scheme, QuantSpec) else QuantSpec.parse(scheme)
-    check_device(spec, model.tok_embeddings.weight.device)
+    check_device(spec, model.device)
     for layer in model.layers:
         quantize_layer(layer, spec, {})
     quantize_head(model, spec)
+    quantize_embedding(model)
     model._native_decode = None  # its layers changed: decide the decode path again
     return model
 
@@ -177,8 +191,12 @@ class LoadQuantizer:
         self._ready: dict[str, QuantLinear] = {}
         self._parts: dict[str, dict[str, torch.Tensor]] = {}
         self._warned = False
+        self._embedding: Int8Embedding | None = None
 
     def take(self, name: str, source: TensorSource) -> bool:
+        if name == "tok_embeddings.weight":  # quantized now: the float table never lives on
+            self._embedding = Int8Embedding.from_float(source.load(torch.float32))
+            return True
         module, _, leaf = name.rpartition(".")
         if leaf in PARTS:
             self._parts.setdefault(module, {})[leaf] = source.load(torch.float32)
@@ -215,7 +233,12 @@ class LoadQuantizer:
         quantize_layer(model.layers[index], self.spec, self._collect(f"layers.{index}."))
 
     def head_loaded(self, model: nn.Module) -> None:
-        quantize_head(model, self.spec, self._collect("output").get(""))
+        head = self._collect("output").get("")
+        emb, self._embedding = self._embedding, None
+        if head is None and model.params.tie_word_embeddings and emb is not None:
+            head = Int8Linear(emb.codes, emb.scale)  # the tied head: the same rows
+        quantize_head(model, self.spec, head)
+        quantize_embedding(model, emb)
 
 
 def _is_projection(module: str) -> bool:

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from ..checkpoint.quantized import CONFIG, FORMAT, VERSION, WEIGHTS
 from ..errors import InvalidRequestError
 from .apply import QuantSpec
+from .int8 import Int8Embedding
 
 if TYPE_CHECKING:
     from ..loader import LoadedModel
@@ -47,6 +48,9 @@ def quantized_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters(remove_duplicate=False):
         if name != "output.weight":  # a tied head is stored quantized, under output.*
             state[name] = p.detach().contiguous()
+    emb = model.tok_embeddings
+    if isinstance(emb, Int8Embedding):  # stored as the float values its int8 rows hold
+        state["tok_embeddings.weight"] = emb.dequantize().contiguous()
     if model.rope_freq_factors is not None:
         state["rope_freqs"] = model.rope_freq_factors.detach().contiguous()
     return state

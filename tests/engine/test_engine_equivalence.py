@@ -26,10 +26,12 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def llm_int8(tiny):
-    """The server's engine runs quantized models through the same batched products."""
-    return Llama.load(tiny.path("3.1", "meta"), max_seq_len=256, max_batch_size=1, quantize="int8")
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def llm_quantized(tiny, request):
+    """The server's engine runs quantized models through the same batched products (and, on
+    steps that only decode, the same native layers)."""
+    path = tiny.path("3.1", "meta")
+    return Llama.load(path, max_seq_len=256, max_batch_size=1, quantize=request.param)
 
 
 def _alone(llm, prompt_ids, params):
@@ -50,9 +52,9 @@ def test_greedy_engine_equals_running_alone(llm, cfg):
     _check_greedy_equivalence(llm, cfg)
 
 
-def test_greedy_int8_engine_equals_running_alone(llm_int8):
-    """int8 rows are quantized on their own grid: batching cannot change a token."""
-    _check_greedy_equivalence(llm_int8, ROOMY)
+def test_greedy_quantized_engine_equals_running_alone(llm_quantized):
+    """Quantized rows are put on their own grid: batching cannot change a token."""
+    _check_greedy_equivalence(llm_quantized, ROOMY)
 
 
 def _check_greedy_equivalence(llm, cfg):

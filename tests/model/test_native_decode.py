@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llama3 import Llama, kernels
@@ -10,9 +11,10 @@ from llama3.model import native_decode
 from llama3.model.kv_cache import KVCache
 
 
-def test_native_layers_decode_as_the_modules_do(tiny):
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_native_layers_decode_as_the_modules_do(tiny, scheme):
     assert kernels.available(), kernels.unavailable_reason()
-    llm = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=96, max_batch_size=2, quantize="int8")
+    llm = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=96, max_batch_size=2, quantize=scheme)
     assert native_decode.eligible(llm.model)
     # rows of different prompt lengths: the shorter one decodes while the longer is still forced
     prompts = [list(range(1000, 1030)), list(range(2000, 2021))]
@@ -41,21 +43,28 @@ def test_one_native_step_matches_the_modules_and_fills_the_same_cache(tiny):
         model(prompt, 0, cache)
         out.append(model(step, 17, cache, last_only=True))
     assert torch.equal(out[0].argmax(-1), out[1].argmax(-1))
-    torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-4 * out[1].abs().max().item())
+    # the two paths' norms sum in different orders, so an activation can land one step of its
+    # int16 grid away (2^-15 of its row's largest), and that carries to a few of 128k logits
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=2e-4 * out[1].abs().max().item())
     for layer in range(model.params.n_layers):
         for a, b in (
             (caches[0].k[layer], caches[1].k[layer]),
             (caches[0].v[layer], caches[1].v[layer]),
         ):
-            torch.testing.assert_close(a[:, :, :18], b[:, :, :18], rtol=0, atol=1e-5)
+            # a grid step of one layer's activations (see above) moves the next layer's keys
+            # by a few 1e-5 of their largest
+            torch.testing.assert_close(
+                a[:, :, :18], b[:, :, :18], rtol=0, atol=1e-4 * b.abs().max().item()
+            )
 
 
 def test_float_models_and_compile_keep_their_paths(tiny):
     path = tiny.path("3.0", "gguf")
     assert not native_decode.eligible(Llama.load(path, max_seq_len=64).model)
-    llm = Llama.load(path, max_seq_len=64, quantize="int8")
-    assert llm.compile(batch_sizes=[1]) == 0.0  # nothing to compile: the native step is faster
-    assert llm._decoder is None
+    for scheme in ("int8", "int4"):
+        llm = Llama.load(path, max_seq_len=64, quantize=scheme)
+        assert llm.compile(batch_sizes=[1]) == 0.0  # nothing to compile: the native step is faster
+        assert llm._decoder is None
 
 
 def test_a_decode_only_engine_step_matches_the_modules(tiny):

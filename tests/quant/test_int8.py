@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from llama3 import Llama, kernels
 from llama3.errors import InvalidRequestError
 from llama3.quant.apply import QuantSpec, quantize_model
-from llama3.quant.int8 import Int8Linear
+from llama3.quant.int8 import Int8Embedding, Int8Linear
 
 
 @pytest.fixture(params=["kernel", "fbgemm"])
@@ -101,6 +101,32 @@ def test_unknown_scheme_is_a_clear_error(tiny):
         QuantSpec.parse("int4-g48")
 
 
+@pytest.mark.parametrize("variant", ["3.2", "3.0"])  # tied and untied embeddings
+def test_embeddings_are_int8_rows_held_once(tiny, variant):
+    path = tiny.path(variant, "gguf")
+    q = Llama.load(path, max_seq_len=64, quantize="int8")
+    emb, head = q.model.tok_embeddings, q.model.output
+    assert isinstance(emb, Int8Embedding) and isinstance(head, Int8Linear)
+    assert q.model.dtype == torch.float32 and q.model.device.type == "cpu"
+    ids = torch.tensor([[0, 5, 17, q.model.params.vocab_size - 1]])
+    float_model = Llama.load(path, max_seq_len=64).model
+    table = float_model.tok_embeddings.weight
+    rows = emb(ids)
+    assert rows.shape == (1, 4, table.shape[1]) and rows.dtype == torch.float32
+    # the lookup is the table's rows on the int8 grid (half a step of each row's scale away)
+    step = table.abs().amax(1)[ids] / 127
+    assert ((rows - table[ids]).abs() <= step[..., None] * 0.5 + 1e-7).all()
+    if variant == "3.2":  # tied: the head's own codes, not a second table
+        assert emb.codes.data_ptr() == head.codes.data_ptr()
+        assert torch.equal(rows[0], head.dequantize()[ids[0]])
+    else:
+        assert emb.codes.data_ptr() != head.codes.data_ptr()
+    # quantizing a built float model gives the same embedding as quantizing while loading
+    quantize_model(float_model, "int8")
+    assert torch.equal(float_model.tok_embeddings.codes, emb.codes)
+    assert torch.equal(float_model.tok_embeddings.scale, emb.scale)
+
+
 def _ppl_kl(ref: Llama, q: Llama, text: str) -> tuple[float, float, float, float]:
     ids = torch.tensor([ref.tokenizer.encode_prompt(text)])
     with torch.inference_mode():
@@ -127,6 +153,7 @@ def test_smollm2_int8_is_within_one_percent_of_float(smollm2, smollm2_path):
     assert isinstance(q.model.layers[0].feed_forward.w2, Int8Linear)
     assert isinstance(q.model.layers[0].attention.wqkv, Int8Linear)
     assert isinstance(q.model.output, Int8Linear)
+    assert q.model.tok_embeddings.codes.data_ptr() == q.model.output.codes.data_ptr()  # tied
     ppl_f, ppl_q, kl, agree = _ppl_kl(smollm2, q, TEXT)
     # measured on this text: KL ~0.005, perplexity within 0.5 % (BENCHMARKS.md: a 4k-token run)
     assert kl < 0.02, kl
