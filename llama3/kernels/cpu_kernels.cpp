@@ -1,6 +1,7 @@
-// Weight-only int8 and int4 products, decode-time attention and whole int8 decoder layers for
-// x86 CPUs with AVX2 and FMA (llama3.kernels builds this file once with the system C++ compiler
-// and loads it as the torch ops llama3_kernels::*).
+// Weight-only int8 and int4 products, decode-time attention and whole int8/int4 decoder layers
+// for x86 CPUs with AVX2 and FMA, and AVX-512 VNNI products where the CPU has it (llama3.kernels
+// builds this file once per CPU with the system C++ compiler, -march=native, and loads it as the
+// torch ops llama3_kernels::*).
 //
 // Why: decoding reads every weight once per token, so a product of a few rows must stream its
 // weights at memory speed. PyTorch's CPU int8/int4 kernels either quantize activations to 7 bits
@@ -30,7 +31,8 @@ constexpr int64_t kColBlock = 4;    // weight rows per pass for a single activat
 // deep) leave most of the bandwidth unused: 9 KiB ahead took a decode step from 8.2 to 4.5 ms on a
 // 2-core Xeon (2 KiB: 5.2 ms; 36 KiB: 5.3 ms).
 constexpr int64_t kPrefetch = 9216;
-constexpr int64_t kFlush = 2048;    // int8: a lane adds 2048/32 * 4 products of at most 128*32767: < 2^31
+// int8: per flush a lane adds 2048/32 * 4 products of at most 128*32767: < 2^31
+constexpr int64_t kFlush = 2048;
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -49,15 +51,30 @@ inline __m256i load256(const void* p) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
 
-// Activations on int16 grids: x[m, k] ~= q[m, k] * step[m]. Interleaved (the AVX2 kernels):
-// each 32-element chunk stored as its 16 even then its 16 odd elements, the order in which they
-// unpack 32 weights (int8: the low and high bytes of 16-bit lanes by two shifts, cheaper than a
-// sign-extending shuffle; int4: the low and high nibbles). In order: the AVX-512 int8 kernel,
-// which sign-extends 32 weights in one instruction.
+// Activations on int16 grids: x[m, k] ~= q[m, k] * step[m], stored in the order in which a
+// kernel unpacks its weights:
+// - Plain: the AVX-512 int8 kernel, which sign-extends 32 weights in one instruction.
+// - Pairs32 (the AVX2 kernels): each 32-element chunk as its 16 even then its 16 odd elements
+//   (int8: the low and high bytes of 16-bit lanes by two shifts, cheaper than a sign-extending
+//   shuffle; int4: a byte's low and high nibbles).
+// - Pairs64 (the AVX-512 int4 kernel, group 32): each 64-element chunk (two groups) as the even
+//   elements of both groups, then the odd ones; a last 32-element chunk as in Pairs32.
+enum class Layout { Plain, Pairs32, Pairs64 };
+
+inline int64_t slot(Layout layout, int64_t k, int64_t K) {
+  const int64_t pairs32 = (k & ~int64_t(31)) + ((k & 1) << 4) + ((k & 31) >> 1);
+  if (layout == Layout::Plain) return k;
+  if (layout == Layout::Pairs32 || (k & ~int64_t(63)) + 64 > K) return pairs32;
+  return (k & ~int64_t(63)) + ((k & 1) << 5) + (((k >> 5) & 1) << 4) + ((k & 31) >> 1);
+}
+
 struct Int16Rows {
   std::vector<int16_t> q;
   std::vector<float> step;
-  Int16Rows(const float* x, int64_t M, int64_t K, bool interleave = true) : q(M * K), step(M) {
+  int64_t K;
+  Layout layout;
+  Int16Rows(const float* x, int64_t M, int64_t K, Layout layout)
+      : q(M * K), step(M), K(K), layout(layout) {
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
       for (int64_t m = m0; m < m1; ++m) {
         const float* xr = x + m * K;
@@ -66,14 +83,12 @@ struct Int16Rows {
         for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
         const float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
         step[m] = s;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t at =
-              interleave ? (k & ~int64_t(31)) + ((k & 1) << 4) + ((k & 31) >> 1) : k;
-          qr[at] = static_cast<int16_t>(std::nearbyint(xr[k] * inv));
-        }
+        for (int64_t k = 0; k < K; ++k)
+          qr[slot(layout, k, K)] = static_cast<int16_t>(std::nearbyint(xr[k] * inv));
       }
     });
   }
+  int16_t at(int64_t m, int64_t k) const { return q[m * K + slot(layout, k, K)]; }
 };
 
 // Runs dot(R, C, m, n, out) for every block of R <= kRowBlock activation rows m.. and C weight
@@ -143,7 +158,7 @@ inline void hsum_all(const __m256 (&f)[N], float* out) {
 #if defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 // AVX-512 VNNI (the kernels are built for the machine they run on): 32 weights sign-extended to
 // 16 bits by one instruction and multiplied-and-added into 16 int32 lanes by vpdpwssd.
-constexpr bool kInt8Interleaved = false;
+constexpr Layout kInt8Layout = Layout::Plain;
 using Int32s = __m512i;
 using Floats = __m512;
 inline Int32s int32_zero() { return _mm512_setzero_si512(); }
@@ -168,7 +183,7 @@ inline void int8_step(Int32s* a, const int16_t* x, int64_t K, const int8_t* w, i
 #else
 // AVX2: the low and high bytes of 16-bit lanes (the even and odd weights) by shifts, each
 // multiplied with its activations by vpmaddwd.
-constexpr bool kInt8Interleaved = true;
+constexpr Layout kInt8Layout = Layout::Pairs32;
 using Int32s = __m256i;
 using Floats = __m256;
 inline Int32s int32_zero() { return _mm256_setzero_si256(); }
@@ -215,7 +230,7 @@ inline void int8_dot(const int16_t* x, int64_t K, const int8_t* w, float* out) {
 void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, const float* scale,
                   int64_t N, float* y) {
   if (M == 0 || N == 0) return;
-  const Int16Rows xq(x, M, K, kInt8Interleaved);
+  const Int16Rows xq(x, M, K, kInt8Layout);
   tiled<kColBlock>(
       M, N, xq, y,
       [&](auto R, auto C, int64_t m, int64_t n, float* out) {
@@ -330,30 +345,106 @@ inline void int4_dot(const int16_t* x, const float* xsum, int64_t K, const uint8
   add_zeros<R>(xsum, zero, groups, f, out);
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
+// AVX-512 VNNI, group 32: 64 weights (two groups, 32 bytes) a step, widened to 16-bit lanes whose
+// low nibbles are the even weights of both groups and high nibbles the odd ones (Pairs64); two
+// vpdpwssd leave each group's sums in its own 8 int32 lanes, scaled by [scale g x8, g+1 x8].
+constexpr bool kWideInt4 = true;
+
+// R activation rows times C weight rows (out[r * C + c]), with the zeros' share.
+template <int R, int C>
+inline void int4_dot32_wide(const int16_t* x, const float* xsum, int64_t K, const uint8_t* w,
+                            const float* scale, const float* zero, float* out) {
+  const int64_t groups = K / 32, half = K / 2;
+  const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i low = _mm512_set1_epi16(0x0F);
+  __m512 f[R * C];
+  for (int i = 0; i < R * C; ++i) f[i] = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    __m512i lo[C], hi[C];
+    __m512 s[C];
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* p = w + c * half + g * 16;
+      if ((g & 3) == 0) prefetch(p);  // per 64-byte line of codes, and of scales, zeros
+      if ((g & 15) == 0)
+        prefetch(scale + c * groups + g, kPrefetch / 4),
+            prefetch(zero + c * groups + g, kPrefetch / 4);
+      const __m512i b = _mm512_cvtepu8_epi16(load256(p));
+      lo[c] = _mm512_and_si512(b, low);
+      hi[c] = _mm512_srli_epi16(b, 4);
+      const double* two = reinterpret_cast<const double*>(scale + c * groups + g);
+      const __m128 pair = _mm_castpd_ps(_mm_load_sd(two));  // scale g, g + 1
+      s[c] = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(pair));
+    }
+    for (int r = 0; r < R; ++r) {
+      const int16_t* xr = x + r * K + g * 32;
+      const __m512i x0 = _mm512_loadu_si512(xr), x1 = _mm512_loadu_si512(xr + 32);
+      for (int c = 0; c < C; ++c) {
+        const __m512i a =
+            _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(_mm512_setzero_si512(), lo[c], x0), hi[c], x1);
+        f[r * C + c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), s[c], f[r * C + c]);
+      }
+    }
+  }
+  __m256 h[R * C];
+  for (int i = 0; i < R * C; ++i) h[i] = fold(f[i]);
+  if (g < groups)  // an odd last group, stored as in Pairs32
+    for (int c = 0; c < C; ++c) {
+      const Nibbles wk(w + c * half + g * 16);
+      const __m256 sc = _mm256_broadcast_ss(scale + c * groups + g);
+      for (int r = 0; r < R; ++r)
+        h[r * C + c] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(wk.dot(x + r * K + g * 32)), sc, h[r * C + c]);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      __m256 one[1] = {h[r * C + c]};
+      add_zeros<1>(xsum + r * groups, zero + c * groups, groups, one, out + r * C + c);
+    }
+}
+#else
+constexpr bool kWideInt4 = false;
+template <int R, int C>
+inline void int4_dot32_wide(const int16_t*, const float*, int64_t, const uint8_t*, const float*,
+                            const float*, float*) {}
+#endif
+
 // y (M, N) = x (M, K) times the int4 weights' transpose; group a multiple of 32 dividing K.
 void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,
                   const float* zp, int64_t group, int64_t N, float* y) {
   if (M == 0 || N == 0) return;
   const int64_t groups = K / group;
-  const Int16Rows xq(x, M, K);
+  const bool wide = kWideInt4 && group == 32;
+  const Int16Rows xq(x, M, K, wide ? Layout::Pairs64 : Layout::Pairs32);
   std::vector<float> xsum(M * groups);  // per row and group: the sum of its int16 activations
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       int64_t s = 0;
-      for (int64_t k = g * group; k < (g + 1) * group; ++k) s += xq.q[m * K + k];
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) s += xq.at(m, k);
       xsum[m * groups + g] = static_cast<float>(s);
     }
-  tiled<1>(M, N, xq, y,
-        [&](auto R, auto, int64_t m, int64_t n, float* out) {
-          constexpr int r = decltype(R)::value;
-          const int16_t* xr = xq.q.data() + m * K;
-          const float* xs = xsum.data() + m * groups;
-          if (group == 32)
-            int4_dot32<r>(xr, xs, K, wp + n * (K / 2), sp + n * groups, zp + n * groups, out);
-          else
-            int4_dot<r>(xr, xs, K, wp + n * (K / 2), sp + n * groups, zp + n * groups, group, out);
-        },
-        [](int64_t) { return 1.f; });
+  float* out_y = y;
+  auto dot = [&](auto R, auto C, int64_t m, int64_t n, float* out) {
+    constexpr int r = decltype(R)::value, c = decltype(C)::value;
+    const int16_t* xr = xq.q.data() + m * K;
+    const float* xs = xsum.data() + m * groups;
+    const uint8_t* w = wp + n * (K / 2);
+    if constexpr (kWideInt4) {
+      if (wide) return int4_dot32_wide<r, c>(xr, xs, K, w, sp + n * groups, zp + n * groups, out);
+    }
+    if constexpr (c == 1) {
+      if (group == 32)
+        int4_dot32<r>(xr, xs, K, w, sp + n * groups, zp + n * groups, out);
+      else
+        int4_dot<r>(xr, xs, K, w, sp + n * groups, zp + n * groups, group, out);
+    }
+  };
+  auto unit = [](int64_t) { return 1.f; };
+  if (wide)
+    tiled<kColBlock>(M, N, xq, out_y, dot, unit);
+  else
+    tiled<1>(M, N, xq, out_y, dot, unit);
 }
 
 // One projection's weights, int8 (codes int8 (N, K), scale (N)) or int4 (codes uint8 (N, K / 2),
