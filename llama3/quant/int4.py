@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import kernels
 from ..errors import CheckpointError, InvalidRequestError
+from . import bf16_rows
 from .gguf_blocks import _as_flat_tensor, _f16_field, _q4_k_scales_mins, block_layout, type_name
 
 GROUPS = (32, 64, 128)
@@ -224,6 +225,10 @@ class Int4Linear(nn.Module):
         if x2.shape[0] <= KERNEL_MAX_ROWS and x2.device.type == "cpu" and self._native:
             y = torch.ops.llama3_kernels.int4_mm(
                 x2.contiguous(), self.packed, self.scale, self.zero, self.group
+            )
+        elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX
+            y = bf16_rows.product(
+                x2, self.out_features, lambda s, e: self._dequantize_rows(s, e, self._slab(e - s))
             )
         elif step >= self.out_features:
             y = F.linear(x2, self._dequantize_rows(0, self.out_features, self._slab(step)))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
+from . import bf16_rows
 
 #: fbgemm's grid for an input pinned to [-1, 1] at 7 bits: step 2/127, zero point 64. The high
 #: digit keeps to +-63 steps (-64 would lie below -1 and move the call's range, hence its grid).
@@ -111,6 +112,8 @@ class Int8Linear(nn.Module):
             x2 = x2.float()
         if self._key is not None:
             y = self._fbgemm(x2)
+        elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX
+            y = bf16_rows.product(x2, self.out_features, lambda s, e: self.codes[s:e], self.scale)
         elif x2.device.type == "cpu":
             y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
         else:  # moved to another device after load: correct, not fast (no kernel of ours there)

@@ -1,0 +1,62 @@
+"""Many-row products (prompt chunks) in bfloat16 on CPUs with AMX.
+
+A CPU with AMX tiles (Intel Sapphire Rapids and later) multiplies bfloat16 matrices ~6x faster
+than float32 ones (PyTorch's bfloat16 GEMM goes through oneDNN to the tiles: ~1100 against ~175
+GMAC/s on 2 Xeon cores). int8 codes are exact in bfloat16, so a prompt's products convert the codes
+of a slab of rows and the activations to bfloat16, multiply there (float32 sums) and scale the
+result in float32. The cost is the activations' and outputs' rounding to bfloat16 (2^-9 relative),
+measured in BENCHMARKS.md's quality table; decoding (a few rows) keeps the int16-grid kernels.
+`LLAMA3_BF16_PREFILL=0` turns it off; CPUs without AMX never take it (their bfloat16 GEMM is
+slower than float32).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+
+#: fewer rows than this (decode steps, short prompts) stay on the int16-grid kernels
+MIN_ROWS = 64
+#: bfloat16 weights converted per step: the copy stays a few MB whatever the layer's size
+_SLAB_BYTES = 8 << 20
+
+
+@functools.cache
+def _amx() -> bool:
+    if os.environ.get("LLAMA3_BF16_PREFILL", "1") == "0":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return False
+    return "amx_bf16" in flags.split()
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether a product of `x` (rows, in) takes this path."""
+    return x.shape[0] >= MIN_ROWS and x.device.type == "cpu" and _amx()
+
+
+def product(
+    x: torch.Tensor,
+    out_features: int,
+    rows: Callable[[int, int], torch.Tensor],
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """x (M, in) float32 times the transpose of the weights whose rows start..stop `rows(start,
+    stop)` gives (any float dtype), times `scale` per output column when given: (M, out) float32."""
+    xb = x.to(torch.bfloat16)
+    step = max(1, _SLAB_BYTES // (2 * x.shape[1]))
+    y = torch.empty(x.shape[0], out_features, dtype=torch.float32, device=x.device)
+    for s in range(0, out_features, step):
+        e = min(out_features, s + step)
+        part = torch.mm(xb, rows(s, e).to(torch.bfloat16).t())
+        if scale is None:
+            y[:, s:e] = part
+        else:  # bfloat16 times float32 is float32: converted and scaled in one pass
+            torch.mul(part, scale[s:e], out=y[:, s:e])
+    return y

@@ -1,0 +1,63 @@
+"""Prompt-chunk products in bfloat16 (CPUs with AMX): the float product to bfloat16's rounding,
+taken only by many-row products on such CPUs."""
+
+from __future__ import annotations
+
+import torch
+
+from llama3 import kernels
+from llama3.quant import bf16_rows
+from llama3.quant.int4 import Int4Linear
+from llama3.quant.int8 import Int8Linear
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def test_product_is_the_float_product_to_bfloat16_rounding(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(70, 96, generator=g)
+    codes = torch.randint(-127, 128, (200, 96), dtype=torch.int8, generator=g)
+    scale = torch.rand(200, generator=g) + 0.5
+    want = x.double() @ (codes.double() * scale.double()[:, None]).T
+    y = bf16_rows.product(x, 200, lambda s, e: codes[s:e], scale)
+    assert y.dtype == torch.float32 and y.shape == (70, 200)
+    assert _rel(y, want) < 1e-2  # activations and outputs rounded to 8 significant bits
+    monkeypatch.setattr(bf16_rows, "_SLAB_BYTES", 96 * 2 * 7)  # slabs of 7 rows: same result
+    assert torch.equal(bf16_rows.product(x, 200, lambda s, e: codes[s:e], scale), y)
+
+
+def test_only_prompt_chunks_on_amx_cpus_take_it(monkeypatch):
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
+    assert bf16_rows.applies(torch.zeros(bf16_rows.MIN_ROWS, 8))
+    assert not bf16_rows.applies(torch.zeros(bf16_rows.MIN_ROWS - 1, 8))  # decoding rows
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: False)
+    assert not bf16_rows.applies(torch.zeros(512, 8))
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    bf16_rows._amx.cache_clear()
+    monkeypatch.setenv("LLAMA3_BF16_PREFILL", "0")
+    try:
+        assert not bf16_rows._amx()
+    finally:
+        bf16_rows._amx.cache_clear()
+
+
+def test_quantized_layers_route_prompt_chunks_through_it(monkeypatch):
+    assert kernels.available(), kernels.unavailable_reason()
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
+    w = torch.randn(96, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(bf16_rows.MIN_ROWS, 64, generator=torch.Generator().manual_seed(2))
+    for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, 32)):
+        dense = (
+            layer.dequantize()
+            if isinstance(layer, Int8Linear)
+            else layer._dequantize_rows(0, 96, layer._slab(96))
+        )
+        want = x.double() @ dense.double().T
+        chunk = layer(x)  # bfloat16
+        assert 1e-4 < _rel(chunk, want) < 1e-2
+        rows = layer(x[:8])  # a decode step's rows: the int16-grid kernels
+        assert _rel(rows, want[:8]) < 1e-4
