@@ -33,12 +33,14 @@ def _amx() -> bool:
             flags = next((ln for ln in f if ln.startswith("flags")), "")
     except OSError:
         return False
-    return "amx_bf16" in flags.split()
+    # oneDNN is what takes PyTorch's bfloat16 GEMM to the tiles
+    return "amx_bf16" in flags.split() and torch.backends.mkldnn.is_available()
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether a product of `x` (rows, in) takes this path."""
-    return x.shape[0] >= MIN_ROWS and x.device.type == "cpu" and _amx()
+    """Whether a product of `x` (rows, in) takes this path (not under autograd: it writes into
+    slices of a preallocated output)."""
+    return x.shape[0] >= MIN_ROWS and x.device.type == "cpu" and not x.requires_grad and _amx()
 
 
 def product(

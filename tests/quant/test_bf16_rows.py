@@ -32,6 +32,7 @@ def test_only_prompt_chunks_on_amx_cpus_take_it(monkeypatch):
     monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
     assert bf16_rows.applies(torch.zeros(bf16_rows.MIN_ROWS, 8))
     assert not bf16_rows.applies(torch.zeros(bf16_rows.MIN_ROWS - 1, 8))  # decoding rows
+    assert not bf16_rows.applies(torch.zeros(512, 8, requires_grad=True))  # autograd
     monkeypatch.setattr(bf16_rows, "_amx", lambda: False)
     assert not bf16_rows.applies(torch.zeros(512, 8))
 
