@@ -8,7 +8,8 @@ at group 32 (`Int4Linear.from_gguf` keeps their bits; no requantization).
 Products of up to `KERNEL_MAX_ROWS` rows (decoding) run in the native kernel (llama3.kernels: the
 nibbles times int16 activations, ~10x the path below for one row); larger ones (prefill) and
 machines without the kernel dequantize a slab of rows at a time (small enough to stay in cache)
-and hand it to the float GEMM, which wins from ~64 rows on. PyTorch's own
+and hand it to the float GEMM, which wins from ~64 rows on (on CPUs with AMX, from 64 rows, the
+bfloat16 GEMM: `bf16_rows`). PyTorch's own
 `_weight_int4pack_mm_for_cpu` is vectorised on x86 for bfloat16 only; with float32 activations it
 runs a scalar loop, measured slower than both. The plain layout is the only copy: `tensors()`
 returns it as is, and nothing float outlives a call.

@@ -10,7 +10,9 @@ Two product paths, the same weights:
   exactly on fbgemm's grid and lo (the rounding residual, rescaled to [-1, 1]) is quantized again,
   so the product reads the weights once for both digits and the activation error drops from 2^-7
   to 2^-14 of the row's range. An anchor row [1, -1, 0, …] pins every call's range to [-1, 1].
-On both paths a row's result never depends on the rest of the batch.
+On both paths a row's result never depends on the rest of the batch. On CPUs with AMX, products
+of 64 rows or more (prompt chunks) take a third path instead: the codes and activations in
+bfloat16 through oneDNN's tiles (`bf16_rows`; ~2x the prefill, bfloat16's rounding).
 """
 
 from __future__ import annotations
