@@ -17,10 +17,13 @@ def _cell(s: dict | None, fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
 
 
-def _bound(r: dict, report: dict) -> float:
+def _read_speed(r: dict, report: dict) -> float:
     # the engine's own working set's read speed (older reports: the memory's)
-    bw = r.get("read_bandwidth_bytes_s", report["read_bandwidth_bytes_s"])
-    return decode_bound(r["weight_bytes"], bw)
+    return r.get("read_bandwidth_bytes_s", report["read_bandwidth_bytes_s"])
+
+
+def _bound(r: dict, report: dict) -> float:
+    return decode_bound(r["weight_bytes"], _read_speed(r, report))
 
 
 def rows(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
@@ -38,12 +41,7 @@ def rows(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
     out += [
         ("peak RSS MB", lambda r: f"{r['peak_rss_bytes'] / MB:.0f}"),
         ("weights read/token MB", lambda r: f"{r['weight_bytes'] / MB:.1f}"),
-        (
-            "working-set read GB/s",
-            lambda r: (
-                f"{r.get('read_bandwidth_bytes_s', report['read_bandwidth_bytes_s']) / 1e9:.1f}"
-            ),
-        ),
+        ("working-set read GB/s", lambda r: f"{_read_speed(r, report) / 1e9:.1f}"),
         ("bandwidth bound tok/s", lambda r: f"{_bound(r, report):.0f}"),
         (
             "decode b1 / bound",

@@ -91,9 +91,11 @@ def _build(target: Path) -> None:
             os.unlink(tmp)
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags: a cache shared by machines of different CPUs (a network home)
-    keeps one build per instruction set, since -march=native ties a build to its CPU."""
+@functools.cache
+def cpu_flags() -> str:
+    """The CPU's feature flags (`/proc/cpuinfo`'s flags line; empty where there is none). Part of
+    the build's cache key: a cache shared by machines of different CPUs (a network home) keeps one
+    build per instruction set, since -march=native ties a build to its CPU."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((ln for ln in f if ln.startswith("flags")), "")
@@ -104,7 +106,7 @@ def _cpu_flags() -> str:
 def _library_path() -> Path:
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(" ".join([torch.__version__, *_FLAGS, _march(), _cpu_flags()]).encode())
+    key.update(" ".join([torch.__version__, *_FLAGS, _march(), cpu_flags()]).encode())
     return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"
 
 

@@ -424,7 +424,6 @@ void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const
       for (int64_t k = g * group; k < (g + 1) * group; ++k) s += xq.at(m, k);
       xsum[m * groups + g] = static_cast<float>(s);
     }
-  float* out_y = y;
   auto dot = [&](auto R, auto C, int64_t m, int64_t n, float* out) {
     constexpr int r = decltype(R)::value, c = decltype(C)::value;
     const int16_t* xr = xq.q.data() + m * K;
@@ -442,9 +441,9 @@ void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const
   };
   auto unit = [](int64_t) { return 1.f; };
   if (wide)
-    tiled<kColBlock>(M, N, xq, out_y, dot, unit);
+    tiled<kColBlock>(M, N, xq, y, dot, unit);
   else
-    tiled<1>(M, N, xq, out_y, dot, unit);
+    tiled<1>(M, N, xq, y, dot, unit);
 }
 
 // One projection's weights, int8 (codes int8 (N, K), scale (N)) or int4 (codes uint8 (N, K / 2),

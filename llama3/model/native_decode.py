@@ -4,10 +4,10 @@
 One new token per row on a CPU model whose projections are int8 or int4 with the native kernels
 (what `--quantize int8|int4`, quantized checkpoints and 4-bit GGUF blocks give) and a float32
 cache: each layer is one call — norm, fused q/k/v, RoPE, cache write, attention, wo, norm, fused
-w1/w3, SiLU, w2 — instead of about nine operator calls, whose dispatch was ~25 % of a step on a small model. Two caches: the contiguous one
-of `generate`, chat and the bench (every row at one position), and the serving engine's paged pool
-on steps that only decode (each row its own position and slots). Anything else (prompt chunks, other
-weights, devices or dtypes) takes the module path.
+w1/w3, SiLU, w2 — instead of about nine operator calls, whose dispatch was ~25 % of a step on a
+small model. Two caches: the contiguous one of `generate`, chat and the bench (every row at one
+position), and the serving engine's paged pool on steps that only decode (each row its own position
+and slots). Anything else (prompt chunks, other weights, devices or dtypes) takes the module path.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ def _native_proj(layer: object) -> bool:
     codes = getattr(layer, "codes", None)
     if isinstance(codes, torch.Tensor):
         return codes.device.type == "cpu"
-    packed = getattr(layer, "packed", None)  # Int4Linear
+    packed = getattr(layer, "packed", None)  # Int4Linear (groups 32/64/128: all the kernel's)
     return (
         isinstance(packed, torch.Tensor)
         and packed.device.type == "cpu"
         and getattr(layer, "_native", False)
-        and layer.group % 32 == 0
     )
 
 

@@ -3,8 +3,9 @@
 
 Every layer's q/k/v projections become one product (`wqkv`), and w1/w3 another (`w13`); wo, w2
 and the output head are quantized alone. The embedding table becomes int8 rows (`Int8Embedding`:
-the head's own tensors when the two are tied); norms stay float (they are tiny). GGUF Q4_0/Q4_1/Q4_K tensors become int4 group-32 layers straight from their
-blocks, without requantization; every other source is quantized from its float values.
+the head's own tensors when the two are tied); norms stay float (they are tiny). GGUF
+Q4_0/Q4_1/Q4_K tensors become int4 group-32 layers straight from their blocks, without
+requantization; every other source is quantized from its float values.
 """
 
 from __future__ import annotations

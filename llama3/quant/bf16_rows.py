@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from .. import kernels
+
 #: fewer rows than this (decode steps, short prompts) stay on the int16-grid kernels
 MIN_ROWS = 64
 #: bfloat16 weights converted per step: the copy stays a few MB whatever the layer's size
@@ -28,13 +30,8 @@ _SLAB_BYTES = 8 << 20
 def _amx() -> bool:
     if os.environ.get("LLAMA3_BF16_PREFILL", "1") == "0":
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return False
     # oneDNN is what takes PyTorch's bfloat16 GEMM to the tiles
-    return "amx_bf16" in flags.split() and torch.backends.mkldnn.is_available()
+    return "amx_bf16" in kernels.cpu_flags().split() and torch.backends.mkldnn.is_available()
 
 
 def applies(x: torch.Tensor) -> bool:
