@@ -131,7 +131,7 @@ def load(
                 f"{ckpt.path} holds {ckpt.quantization.name} weights, not {spec.name}",
                 f"drop --quantize or pass --quantize {ckpt.quantization.name}",
             )
-        quantizer = LoadQuantizer(spec)
+        quantizer = LoadQuantizer(spec, dev)
     with Progress(
         total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
     ) as bar:

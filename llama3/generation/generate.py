@@ -89,7 +89,11 @@ class BatchGeneration:
         want_echo = any(p.echo for p in params)
 
         prev_pos = 0
+        pipelined = decoder is not None and all(s.device_greedy for s in states)
         for cur_pos in range(min_len, total_len):
+            if pipelined and cur_pos - prev_pos == 1 and cur_pos >= max(lens):
+                yield from self._pipelined(tokens, states, prev_pos, total_len)
+                return
             if decoder is not None and cur_pos - prev_pos == 1:
                 logits = decoder.step(tokens[:, prev_pos:cur_pos], prev_pos)
             else:
@@ -115,6 +119,37 @@ class BatchGeneration:
                 if lp is not None and cur_pos < lens[i]:  # a longer prompt: keep its token
                     lp.append(float(torch.log_softmax(last[i], -1)[tokens[i, cur_pos]]))
             prev_pos = cur_pos
+            if all(s.done for s in states):
+                break
+
+    def _pipelined(
+        self, tokens: torch.Tensor, states: list[SequenceState], pos: int, total_len: int
+    ) -> Iterator[TokenEvent]:
+        """Greedy decode steps from `pos` (every row past its prompt), each launched before the
+        host reads the previous step's tokens: the argmax stays on the device and feeds the next
+        step, and only the chosen ids travel back, so on a GPU the host's per-token work (the
+        detokenizer, the consumer of this stream) overlaps the next step instead of stalling it.
+        The tokens are those of the step-by-step loop; a sequence that ends costs at most one
+        step computed in vain."""
+        decoder = self.decoder
+        assert decoder is not None
+        cuda = tokens.device.type == "cuda"
+        host = torch.empty(tokens.shape[0], dtype=torch.long, pin_memory=cuda)
+        nxt = decoder.step(tokens[:, pos : pos + 1], pos)[:, -1].argmax(-1)
+        for cur_pos in range(pos + 1, total_len):
+            tokens[:, cur_pos] = nxt
+            host.copy_(nxt, non_blocking=cuda)
+            copied = torch.cuda.Event() if cuda else None
+            if copied is not None:
+                copied.record()
+            if cur_pos + 1 < total_len:  # the next step, queued behind the copy
+                nxt = decoder.step(tokens[:, cur_pos : cur_pos + 1], cur_pos)[:, -1].argmax(-1)
+            if copied is not None:
+                copied.synchronize()
+            drawn = host.tolist()
+            for s in states:
+                if not s.done:
+                    yield s.accept(drawn[s.index], None)
             if all(s.done for s in states):
                 break
 

@@ -120,7 +120,7 @@ class Llama:
         directory (which loads quantized by itself).
 
         `quantize` ("int8", "int4", "int4-g64", "int4-g128") stores the projections quantized,
-        layer by layer while loading (CPU); see `llama3.quant`.
+        layer by layer while loading (int8 also on GPUs); see `llama3.quant`.
 
         Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
         bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,

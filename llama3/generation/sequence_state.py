@@ -71,13 +71,28 @@ class SequenceState:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    def accept(self, tok: int, logits: torch.Tensor) -> TokenEvent:
-        """Record the chosen token (its raw-model logprobs from `logits`) and say if it finished."""
+    @property
+    def device_greedy(self) -> bool:
+        """Whether the next token is the argmax of the raw logits, nothing else read on the host
+        (no penalties, biases or logprobs): the decode loop may then pick it on the device."""
+        p = self.params
+        return (
+            p.temperature == 0
+            and p.logprobs is None
+            and p.repetition_penalty == 1.0
+            and not p.frequency_penalty
+            and not p.presence_penalty
+            and not p.logit_bias
+        )
+
+    def accept(self, tok: int, logits: torch.Tensor | None) -> TokenEvent:
+        """Record the chosen token (its raw-model logprobs from `logits`, which must be given when
+        logprobs were asked for) and say if it finished."""
         self.history.append(tok)
         self.generated.append(tok)
         p = self.params
         lp = top = None
-        if p.logprobs is not None:
+        if p.logprobs is not None and logits is not None:
             logp = torch.log_softmax(logits.float(), -1)
             lp = float(logp[tok])
             if p.logprobs > 0:

@@ -3,7 +3,10 @@
 One graph per batch size (on CPU the native attention reads the keys up to the position it is
 given; elsewhere the attention window is a dynamic size); `warm_up` compiles the batch sizes a run
 will use before the first request, so no request waits on the compiler. Inductor's on-disk cache
-keeps the compiled code across runs. On CUDA the step replays as a CUDA graph. Prefill stays
+keeps the compiled code across runs. On CUDA the step replays as a CUDA graph, the caches sit at
+static addresses (the graph writes into them in place), and coordinate-descent tuning is on:
+with it Inductor writes a one-row product as a reduction it tunes to the memory's speed, which
+also fuses int8 weights' cast into the read (`quant.int8.dequantized_product`). Prefill stays
 eager: its lengths vary, and one long product per layer has no per-operator overhead to remove.
 
 CPU int8 models skip this: `model.native_decode` runs each layer as one native call, faster than
@@ -45,8 +48,12 @@ class CompiledDecoder:
         self.model = model
         model.inv_freq(model.device)  # computed once now, not inside (and mutated by) the graph
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        self._cuda = model.device.type == "cuda"
         self._caches: dict[int, StaticKVCache] = {}
         self._tokens: dict[int, torch.Tensor] = {}  # each step's input ids, per batch size
+        self._pos = torch.zeros(1, dtype=torch.long, device=model.device)  # each step's position
+        if self._cuda:  # read in place by the CUDA graph, not copied into it per step
+            torch._dynamo.mark_static_address(self._pos)
         # one graph per batch size is expected
         torch._dynamo.config.recompile_limit = max(
             torch._dynamo.config.recompile_limit, 2 * max_batch_size
@@ -54,8 +61,9 @@ class CompiledDecoder:
         # The wrapper's per-call stride checks of ~370 inputs (~0.3 ms a step) re-check what
         # dynamo's guards already did.
         options: dict[str, object] = {"size_asserts": False}
-        if model.device.type == "cuda":
+        if self._cuda:
             options["triton.cudagraphs"] = True  # replay the whole step: no per-kernel launches
+            options["coordinate_descent_tuning"] = True
         skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         if skip is not None:
             # The weights never change after load, so checking each of them before every step
@@ -76,9 +84,13 @@ class CompiledDecoder:
         size: writing into row slices of a larger cache would make the compiled graph copy it."""
         if batch_size not in self._caches:
             m = self.model
-            self._caches[batch_size] = StaticKVCache(
+            cache = StaticKVCache(
                 m.params, batch_size, self.max_seq_len, device=m.device, dtype=m.dtype
             )
+            if self._cuda:  # else the CUDA graph would copy every cache in and out per step
+                for t in cache.k + cache.v:
+                    torch._dynamo.mark_static_address(t)
+            self._caches[batch_size] = cache
         return self._caches[batch_size]
 
     def _forward(
@@ -100,11 +112,15 @@ class CompiledDecoder:
         # graph would guard on (a recompile per prompt length): copy into one of ours.
         if b not in self._tokens:
             self._tokens[b] = torch.empty((b, 1), dtype=torch.long, device=device)
+            if self._cuda:
+                torch._dynamo.mark_static_address(self._tokens[b])
         tokens = self._tokens[b].copy_(tokens)
-        pos = torch.tensor([position], device=device)
+        pos = self._pos.fill_(position)  # no host-to-device copy to wait on
         # no_grad, not inference mode: dynamo cannot trace writes into the cache views under
         # inference mode
         with torch.no_grad():
+            if self._cuda:  # the previous step's outputs (cloned below) may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             return self._compiled(tokens, pos, cache).clone()
 
     def warm_up(self, batch_sizes: Iterable[int]) -> float:

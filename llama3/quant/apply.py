@@ -87,10 +87,11 @@ def concat(layers: Sequence[QuantLinear], spec: QuantSpec) -> QuantLinear:
 
 
 def check_device(spec: QuantSpec, device: torch.device) -> None:
-    if device.type != "cpu":
+    """int8 runs everywhere (natively on CPU, compiled on GPUs); int4 only on CPU."""
+    if device.type != "cpu" and spec.bits != 8:
         raise InvalidRequestError(
             f"--quantize {spec.name} runs on CPU only (the model is on {device})",
-            "drop --quantize on GPU: bfloat16 is the fast path there",
+            "use --quantize int8 on a GPU, or no --quantize (bfloat16)",
             "quantize",
         )
 
@@ -186,8 +187,9 @@ class LoadQuantizer:
     build the quantized modules once their tensors are all read.
     """
 
-    def __init__(self, spec: QuantSpec) -> None:
+    def __init__(self, spec: QuantSpec, device: torch.device | str = "cpu") -> None:
         self.spec = spec
+        self.device = torch.device(device)  # where tensors it claims are built
         #: built layers and saved parts, by module name ("layers.3.attention.wq", "output")
         self._ready: dict[str, QuantLinear] = {}
         self._parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -196,11 +198,13 @@ class LoadQuantizer:
 
     def take(self, name: str, source: TensorSource) -> bool:
         if name == "tok_embeddings.weight":  # quantized now: the float table never lives on
-            self._embedding = Int8Embedding.from_float(source.load(torch.float32))
+            table = source.load(torch.float32).to(self.device)
+            self._embedding = Int8Embedding.from_float(table)
             return True
         module, _, leaf = name.rpartition(".")
         if leaf in PARTS:
-            self._parts.setdefault(module, {})[leaf] = source.load(torch.float32)
+            part = source.load(torch.float32).to(self.device)
+            self._parts.setdefault(module, {})[leaf] = part
             return True
         if self.spec.bits != 4 or source.ggml_type is None:
             return False

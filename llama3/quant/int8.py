@@ -13,6 +13,11 @@ Two product paths, the same weights:
 On both paths a row's result never depends on the rest of the batch. On CPUs with AMX, products
 of 64 rows or more (prompt chunks) take a third path instead: the codes and activations in
 bfloat16 through oneDNN's tiles (`bf16_rows`; ~2x the prefill, bfloat16's rounding).
+
+On a GPU the product is written as the float product with the codes cast to the activations'
+dtype, then scaled (`dequantized_product`). Eagerly that casts the weights per call; compiled
+(`model.compiled`, coordinate-descent tuning on) a one-row product becomes a single reduction
+kernel that reads the int8 codes once, which is where int8 beats bfloat16 decoding.
 """
 
 from __future__ import annotations
@@ -63,6 +68,32 @@ _LIB._register_fake("int8_linear", _int8_linear_shape)
 _ROW_CHUNK = 2048
 
 
+def dequantized_product(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x @ (codes * scale[:, None]).T in x's dtype, written so a compiler fuses the decoding of the
+    codes into the product (no float copy of the weights).
+
+    Compiled, a single row (a decode step) is an explicit reduction over float32 codes made by
+    integer operations (`codes_as_float`), which the compiler fuses into one kernel per product.
+    """
+    if torch.compiler.is_compiling() and x.numel() == x.shape[-1]:
+        y = (x.reshape(1, -1).float() * codes_as_float(codes)).sum(-1) * scale
+        return y.to(x.dtype).reshape(*x.shape[:-1], codes.shape[0])
+    return F.linear(x, codes.to(x.dtype)) * scale.to(x.dtype)
+
+
+#: 2**23 + 128: the float32 whose low mantissa bits hold a code offset by 128
+_MAGIC = 8388736.0
+
+
+def codes_as_float(codes: torch.Tensor) -> torch.Tensor:
+    """The int8 codes as exact float32 values, made with integer operations and one subtraction:
+    the float whose bits are 0x4B000000 | (code + 128) is 2**23 + code + 128. GPUs convert
+    integers to floats at a quarter of their arithmetic rate; on an H200 this made the int8 w2
+    product's kernel 37 % faster than a plain cast (the whole step ~3 %: BENCHMARKS.md)."""
+    bits = (codes.to(torch.int32) + 128) | 0x4B000000
+    return bits.view(torch.float32) - _MAGIC
+
+
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes, float32 scale per row): symmetric, w ~= codes * scale[:, None]."""
     w = weight.detach()
@@ -85,7 +116,8 @@ class Int8Linear(nn.Module):
             raise ValueError("Int8Linear takes int8 codes (out, in) and one scale per row")
         self.out_features, self.in_features = codes.shape
         self._key: int | None = None
-        if self.in_features % 32 == 0 and codes.device.type == "cpu" and kernels.available():
+        on_cpu = codes.device.type == "cpu"
+        if not on_cpu or (self.in_features % 32 == 0 and kernels.available()):
             # Non-persistent: they follow .to() but checkpoints save `tensors()` explicitly.
             self.register_buffer("codes", codes.contiguous(), persistent=False)
             self.register_buffer("scale", scale.float().contiguous(), persistent=False)
@@ -108,6 +140,8 @@ class Int8Linear(nn.Module):
         return cls(*quantize_rows(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._key is None and self.codes.device.type != "cpu":
+            return dequantized_product(x, self.codes, self.scale)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:
@@ -116,10 +150,8 @@ class Int8Linear(nn.Module):
             y = self._fbgemm(x2)
         elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX
             y = bf16_rows.product(x2, self.out_features, lambda s, e: self.codes[s:e], self.scale)
-        elif x2.device.type == "cpu":
+        else:
             y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
-        else:  # moved to another device after load: correct, not fast (no kernel of ours there)
-            y = F.linear(x2, self.dequantize())
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 

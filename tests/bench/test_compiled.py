@@ -66,3 +66,34 @@ def test_generate_cli_with_compile_prints_the_same_text(tiny):
     fast = subprocess.run([*cmd, "--compile"], capture_output=True, text=True, timeout=600)
     assert eager.returncode == 0 and fast.returncode == 0, fast.stderr
     assert fast.stdout == eager.stdout
+
+
+def test_pipelined_greedy_decode_equals_eager(tiny, monkeypatch):
+    """Greedy rows without logprobs take the pipelined loop (each step queued before the host
+    reads the last one's tokens): same tokens, texts and finish reasons as the eager loop, with
+    rows that end at different steps."""
+    from llama3.generation.generate import BatchGeneration
+
+    path = tiny.path("3.1", "gguf")
+    eager = Llama.load(path, max_seq_len=128, max_batch_size=2)
+    fast = Llama.load(path, max_seq_len=128, max_batch_size=2)
+    fast.compile(batch_sizes=[2])
+    entered = []
+    real = BatchGeneration._pipelined
+
+    def spy(self, *args):
+        entered.append(args[2])  # the position it takes over at
+        yield from real(self, *args)
+
+    monkeypatch.setattr(BatchGeneration, "_pipelined", spy)
+    prompts = [list(range(1000, 1030)), list(range(2000, 2021))]
+    params = [
+        SamplingParams(max_tokens=7, temperature=0.0, ignore_eos=True),
+        SamplingParams(max_tokens=19, temperature=0.0, ignore_eos=True),
+    ]
+    want = eager.complete(prompts, params)
+    got = fast.complete(prompts, params)
+    assert entered == [29]  # once every prompt is consumed: the longer one ends at 29
+    for w, g in zip(want, got):
+        assert (g.tokens, g.text, g.finish_reason) == (w.tokens, w.text, w.finish_reason)
+    assert [len(g.tokens) for g in got] == [7, 19]

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from llama3 import Llama, kernels
 from llama3.errors import InvalidRequestError
-from llama3.quant.apply import QuantSpec, quantize_model
-from llama3.quant.int8 import Int8Embedding, Int8Linear
+from llama3.quant.apply import QuantSpec, check_device, quantize_model
+from llama3.quant.int8 import Int8Embedding, Int8Linear, codes_as_float, dequantized_product
 
 
 @pytest.fixture(params=["kernel", "fbgemm"])
@@ -91,6 +91,47 @@ def test_a_layer_moved_off_the_cpu_still_runs(path):
     moved = lin.to("meta")
     y = moved(torch.randn(3, 64, device="meta", dtype=torch.bfloat16))
     assert y.device.type == "meta" and y.shape == (3, 16) and y.dtype == torch.bfloat16
+
+
+def test_codes_as_float_is_exact_for_every_code():
+    codes = torch.arange(-128, 128, dtype=torch.int8)
+    assert torch.equal(codes_as_float(codes), codes.float())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gpu_product_compiled_equals_the_float_product(dtype):
+    """The product GPU layers run (compiled: one row as a fused reduction over codes decoded by
+    integer operations; several rows, or eager: a cast and a float product), compiled here on
+    the CPU: the same values as the float product with the dequantized weights."""
+    torch.manual_seed(3)
+    codes, scale = Int8Linear.from_float(torch.randn(300, 256)).tensors().values()
+    deq = codes.float() * scale[:, None]
+    compiled = torch.compile(dequantized_product, fullgraph=True, dynamic=False)
+    for shape in [(1, 1, 256), (2, 3, 256)]:
+        x = torch.randn(shape).to(dtype)
+        ref = F.linear(x.float(), deq)
+        # (several bfloat16 rows are not compiled here: on the CPU Inductor rewrites that
+        # product into its own int8 kernel, which fails to build in torch 2.13)
+        several = shape[0] * shape[1] > 1
+        for fn in (
+            (dequantized_product,)
+            if several and dtype != torch.float32
+            else (
+                compiled,
+                dequantized_product,
+            )
+        ):
+            y = fn(x, codes, scale)
+            assert y.dtype == dtype and y.shape == (*shape[:-1], 300)
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(y.float(), ref, rtol=0, atol=tol * ref.abs().max().item())
+
+
+def test_int8_is_allowed_on_gpus_and_int4_is_a_clear_error():
+    check_device(QuantSpec(8), torch.device("cuda"))  # compiled there (no GPU in this test)
+    with pytest.raises(InvalidRequestError, match="int4-g32 runs on CPU only") as e:
+        check_device(QuantSpec(4, 32), torch.device("cuda"))
+    assert "--quantize int8" in e.value.hint
 
 
 def test_unknown_scheme_is_a_clear_error(tiny):

@@ -1,0 +1,325 @@
+"""Batch-1 decode on a GPU against the memory-bandwidth bound: a Llama-3-8B-shaped model with random
+weights, bfloat16 and int8, through the engine's public path (`Llama.compile` + `Llama.stream`).
+
+For each mode it reports the compile time, the compiled step alone (tokens/s over consecutive
+steps), the end-to-end decode rate of a 128-token greedy generation, the bytes of weights one token
+reads, and both rates as a fraction of the bound: those bytes / the GPU's measured read bandwidth
+(the best of several float32 reductions over a 4 GiB buffer). For bfloat16 it also times every
+layer's projections alone as cuBLAS products replayed in one CUDA graph: what a decoder without
+fusion could at best do. A check that the compiled step's logits match the eager model's is
+part of each mode (`max_rel_diff`).
+
+    PYTHONUNBUFFERED=1 python bench/gpu_decode.py --json out.json
+    python bench/gpu_decode.py --device cpu --shape tiny     # the same code paths, for a smoke test
+
+BENCHMARKS.md quotes its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llama3.bench.ours import weight_bytes_per_token  # noqa: E402
+from llama3.config import ModelArgs  # noqa: E402
+from llama3.generation.llama import Llama  # noqa: E402
+from llama3.generation.params import SamplingParams  # noqa: E402
+from llama3.model.kv_cache import KVCache  # noqa: E402
+from llama3.model.transformer import Transformer  # noqa: E402
+from llama3.quant.apply import quantize_model  # noqa: E402
+from llama3.tokenizer import load_tokenizer  # noqa: E402
+
+SHAPES = {
+    # Meta's Llama-3-8B params.json
+    "8b": dict(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=8,
+        vocab_size=128256,
+        multiple_of=1024,
+        ffn_dim_multiplier=1.3,
+        rope_theta=500000.0,
+    ),
+    "tiny": dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64),
+}
+TOKENIZER = Path(__file__).resolve().parents[1] / "llama3" / "assets" / "tokenizer.model"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def read_bandwidth(device: torch.device, nbytes: int, passes: int = 10) -> float:
+    """Bytes per second a float32 sum reads, best of `passes`."""
+    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    buf.sum()
+    best = float("inf")
+    for _ in range(passes):
+        sync(device)
+        t = time.perf_counter()
+        buf.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    del buf
+    return nbytes / best
+
+
+def random_model(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(args).to(dtype)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.fill_(1.0)
+        else:
+            p.data.normal_(0.0, 0.02, generator=gen)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def cublas_layers(model: Transformer, reps: int = 20) -> float | None:
+    """Seconds for every layer's projections (and the head) as one-row cuBLAS products, replayed
+    in a CUDA graph: no fusion, no launch cost. None off CUDA or for quantized layers."""
+    device = model.device
+    if device.type != "cuda":
+        return None
+    mats = []
+    for layer in model.layers:
+        a, f = layer.attention, layer.feed_forward
+        for m in (a.wq, a.wk, a.wv, a.wo, f.w1, f.w3, f.w2):
+            if not hasattr(m, "weight"):
+                return None
+            mats.append(m.weight)
+    mats.append(model.output.weight)
+    xs = {w.shape[1]: torch.randn(1, w.shape[1], device=device, dtype=w.dtype) for w in mats}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for w in mats:  # warm cuBLAS up outside the capture
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in mats:
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+    graph.replay()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps
+
+
+def eager_step_logits(model: Transformer, prompt: list[int], max_seq_len: int) -> torch.Tensor:
+    device = model.device
+    cache = KVCache(model.params, 1, max_seq_len, device=device, dtype=model.dtype)
+    toks = torch.tensor([prompt], device=device)
+    model(toks[:, :-1], 0, cache)
+    return model(toks[:, -1:], len(prompt) - 1, cache, last_only=True)[0, -1]
+
+
+def top_kernels(step, n: int = 40) -> list[list]:
+    """The GPU kernels one step spends most time in: [name, microseconds per step, calls]."""
+    from torch.profiler import ProfilerActivity, profile
+
+    reps = 5
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in rows) / reps
+    return [["total", total, sum(e.count for e in rows) // reps]] + [
+        [e.key[:80], round(e.device_time_total / reps, 1), e.count // reps] for e in rows[:n]
+    ]
+
+
+def float32_reference(model: Transformer, prompt: list[int], max_seq_len: int) -> torch.Tensor:
+    """The eager step's logits with every weight in float32: what bfloat16 approximates."""
+    import copy
+
+    wide = copy.deepcopy(model).float()
+    try:
+        return eager_step_logits(wide, prompt, max_seq_len).float()
+    finally:
+        del wide
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def measure(
+    llm: Llama, prompt: list[int], new_tokens: int, steps: int, runs: int, f32: torch.Tensor | None
+) -> dict:
+    device = llm.model.device
+    out: dict = {}
+    ref = eager_step_logits(llm.model, prompt, llm.max_seq_len).float()
+    if f32 is not None:
+        out["eager_rel_err_vs_float32"] = rel_err(ref, f32)
+    t = time.perf_counter()
+    try:
+        out["compile_s"] = llm.compile([1])
+    except Exception as e:  # report it and keep the eager figures
+        out["compile_error"] = f"{type(e).__name__}: {e}"
+    decoder = llm._decoder
+    if decoder is not None:
+        # the compiled step's logits against the eager model's at the same position
+        cache = decoder.cache_for(1)
+        toks = torch.tensor([prompt], device=device)
+        llm.model(toks[:, :-1], 0, cache)
+        got = decoder.step(toks[:, -1:], len(prompt) - 1)[0, -1].float()
+        out["max_rel_diff"] = rel_err(got, ref)
+        out["same_argmax"] = bool(got.argmax() == ref.argmax())
+        if f32 is not None:
+            out["compiled_rel_err_vs_float32"] = rel_err(got, f32)
+        tok = toks[:, -1:]
+        for pos in range(len(prompt), len(prompt) + 5):  # CUDA graphs record on early calls
+            decoder.step(tok, pos)
+        rates = []
+        for _ in range(runs):
+            sync(device)
+            t = time.perf_counter()
+            for pos in range(len(prompt), len(prompt) + steps):
+                decoder.step(tok, pos)
+            sync(device)
+            rates.append(steps / (time.perf_counter() - t))
+        out["step_tok_s"] = statistics.median(rates)
+        if device.type == "cuda":
+            out["top_kernels"] = top_kernels(lambda: decoder.step(tok, len(prompt)))
+    out["setup_s"] = time.perf_counter() - t
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    rates = []
+    for _ in range(runs + 1):  # the first run warms the eager prefill up
+        stamps = []
+        t0 = time.perf_counter()
+        for _ in llm.stream([prompt], params):
+            stamps.append(time.perf_counter() - t0)
+        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    out["decode_tok_s"] = statistics.median(rates[1:])
+    out["decode_tok_s_min_max"] = [min(rates[1:]), max(rates[1:])]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="8b")
+    ap.add_argument("--modes", default="bfloat16,int8", help="bfloat16 and/or int8, in order")
+    ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=100, help="compiled steps timed in a row")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--bandwidth-gib", type=float, default=4.0)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--float32-check",
+        action="store_true",
+        help="also compare each mode's logits with a float32 copy of the model (3x the memory)",
+    )
+    ap.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a torch._inductor.config value (Python literal) before compiling",
+    )
+    a = ap.parse_args(argv)
+    import ast
+
+    for item in a.inductor:
+        key, _, value = item.partition("=")
+        obj = torch._inductor.config
+        *path, leaf = key.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, leaf, ast.literal_eval(value))
+
+    device = torch.device(a.device)
+    dtype = (
+        getattr(torch, a.dtype)
+        if a.dtype
+        else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
+    report: dict = {"torch": torch.__version__, "shape": a.shape, "dtype": str(dtype)}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    bw = read_bandwidth(device, int(a.bandwidth_gib * 2**30))
+    report["read_bandwidth_GB_s"] = bw / 1e9
+    print(json.dumps(report), flush=True)
+
+    args = ModelArgs(**SHAPES[a.shape])
+    tokenizer = load_tokenizer(TOKENIZER)
+    t = time.perf_counter()
+    model = random_model(args, device, dtype)
+    report["init_s"] = time.perf_counter() - t
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    prompt = tokenizer.encode(
+        "The quick brown fox jumps over the lazy dog. " * 2, bos=True, eos=False
+    )
+
+    f32 = None
+    if a.float32_check:
+        try:
+            f32 = float32_reference(model, prompt, a.max_seq_len)
+        except Exception as e:
+            report["float32_check_error"] = f"{type(e).__name__}: {e}"
+    modes = a.modes.split(",")
+    for mode in modes:
+        if mode == "int8":
+            torch._dynamo.reset()  # drop the previous mode's graphs
+            quantize_model(model, "int8")
+        elif mode != "bfloat16":
+            raise SystemExit(f"unknown mode {mode!r}")
+        llm = Llama(model, tokenizer, max_seq_len=a.max_seq_len, max_batch_size=1)
+        res: dict = {"weight_bytes": weight_bytes_per_token(model)}
+        bound = bw / res["weight_bytes"]
+        res["bound_tok_s"] = bound
+        if mode == "bfloat16":
+            try:
+                s = cublas_layers(model)
+                if s is not None:
+                    res["cublas_projections_tok_s"] = 1 / s
+                    res["cublas_projections_of_bound"] = 1 / s / bound
+            except Exception as e:
+                res["cublas_error"] = f"{type(e).__name__}: {e}"
+        try:
+            res.update(measure(llm, prompt, a.new_tokens, a.steps, a.runs, f32))
+        except Exception as e:  # report it, go on with the next mode
+            import traceback
+
+            traceback.print_exc()
+            res["error"] = f"{type(e).__name__}: {e}"
+        for key in ("step_tok_s", "decode_tok_s"):
+            if key in res:
+                res[key.replace("tok_s", "of_bound")] = res[key] / bound
+        report[mode] = res
+        print(json.dumps({mode: res}), flush=True)
+        del llm
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    if all("decode_tok_s" in report.get(m, {}) for m in ("bfloat16", "int8")):
+        report["int8_over_bfloat16"] = (
+            report["int8"]["decode_tok_s"] / report["bfloat16"]["decode_tok_s"]
+        )
+    text = json.dumps(report, indent=1)
+    print(text)
+    if a.json:
+        a.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
