@@ -135,11 +135,11 @@ class BatchGeneration:
         assert decoder is not None
         cuda = tokens.device.type == "cuda"
         host = torch.empty(tokens.shape[0], dtype=torch.long, pin_memory=cuda)
+        copied = torch.cuda.Event() if cuda else None  # marks each step's ids on the host
         nxt = decoder.step(tokens[:, pos : pos + 1], pos)[:, -1].argmax(-1)
         for cur_pos in range(pos + 1, total_len):
             tokens[:, cur_pos] = nxt
             host.copy_(nxt, non_blocking=cuda)
-            copied = torch.cuda.Event() if cuda else None
             if copied is not None:
                 copied.record()
             if cur_pos + 1 < total_len:  # the next step, queued behind the copy
