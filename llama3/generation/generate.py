@@ -19,7 +19,7 @@ from ..model.kv_cache import KVCache
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
 from .params import GenerationResult, SamplingParams, TokenEvent
-from .sequence_state import SequenceState, sample_next_tokens, validate_prompt
+from .sequence_state import SequenceState, sample_next_ids, sample_next_tokens, validate_prompt
 
 if TYPE_CHECKING:
     from ..model.compiled import CompiledDecoder
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 class BatchGeneration:
     """Iterate to get `TokenEvent`s; `prompt_logprobs[i]` is filled for rows with `echo`."""
+
+    #: with a compiled decoder, queue each step before reading the last one's tokens (`_pipelined`)
+    pipelined = True
 
     def __init__(
         self,
@@ -89,7 +92,7 @@ class BatchGeneration:
         want_echo = any(p.echo for p in params)
 
         prev_pos = 0
-        pipelined = decoder is not None and all(s.device_greedy for s in states)
+        pipelined = decoder is not None and self.pipelined
         for cur_pos in range(min_len, total_len):
             if pipelined and cur_pos - prev_pos == 1 and cur_pos >= max(lens):
                 yield from self._pipelined(tokens, states, prev_pos, total_len)
@@ -125,31 +128,40 @@ class BatchGeneration:
     def _pipelined(
         self, tokens: torch.Tensor, states: list[SequenceState], pos: int, total_len: int
     ) -> Iterator[TokenEvent]:
-        """Greedy decode steps from `pos` (every row past its prompt), each launched before the
-        host reads the previous step's tokens: the argmax stays on the device and feeds the next
-        step, and only the chosen ids travel back, so on a GPU the host's per-token work (the
+        """Decode steps from `pos` (every row past its prompt), each queued before the host
+        reads the tokens of the one before: the chosen ids stay on the device to feed the next
+        step, and one copy brings them back, so on a GPU the host's per-token work (the
         detokenizer, the consumer of this stream) overlaps the next step instead of stalling it.
-        The tokens are those of the step-by-step loop; a sequence that ends costs at most one
-        step computed in vain."""
+        Plain greedy rows are picked without waiting on the device at all; sampling waits for
+        the step it samples. The tokens are those of the step-by-step loop; a sequence that ends
+        costs at most one step computed in vain."""
         decoder = self.decoder
         assert decoder is not None
-        cuda = tokens.device.type == "cuda"
+        device = tokens.device
+        cuda = device.type == "cuda"
         host = torch.empty(tokens.shape[0], dtype=torch.long, pin_memory=cuda)
         copied = torch.cuda.Event() if cuda else None  # marks each step's ids on the host
-        nxt = decoder.step(tokens[:, pos : pos + 1], pos)[:, -1].argmax(-1)
+        logits = decoder.step(tokens[:, pos : pos + 1], pos)
         for cur_pos in range(pos + 1, total_len):
-            tokens[:, cur_pos] = nxt
-            host.copy_(nxt, non_blocking=cuda)
+            last = logits[:, -1]
+            active = [s for s in states if not s.done]
+            if len(active) == len(states):
+                drawn = sample_next_ids(active, last)
+                tokens[:, cur_pos] = drawn
+            else:
+                rows = torch.tensor([s.index for s in active], device=device)
+                drawn = sample_next_ids(active, last.index_select(0, rows))
+                tokens[rows, cur_pos] = drawn
+            ids = host[: len(active)]
+            ids.copy_(drawn, non_blocking=cuda)
             if copied is not None:
                 copied.record()
             if cur_pos + 1 < total_len:  # the next step, queued behind the copy
-                nxt = decoder.step(tokens[:, cur_pos : cur_pos + 1], cur_pos)[:, -1].argmax(-1)
+                logits = decoder.step(tokens[:, cur_pos : cur_pos + 1], cur_pos)
             if copied is not None:
                 copied.synchronize()
-            drawn = host.tolist()
-            for s in states:
-                if not s.done:
-                    yield s.accept(drawn[s.index], None)
+            for s, tok in zip(active, ids.tolist()):
+                yield s.accept(tok, last[s.index])
             if all(s.done for s in states):
                 break
 

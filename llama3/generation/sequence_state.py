@@ -71,28 +71,13 @@ class SequenceState:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    @property
-    def device_greedy(self) -> bool:
-        """Whether the next token is the argmax of the raw logits, nothing else read on the host
-        (no penalties, biases or logprobs): the decode loop may then pick it on the device."""
-        p = self.params
-        return (
-            p.temperature == 0
-            and p.logprobs is None
-            and p.repetition_penalty == 1.0
-            and not p.frequency_penalty
-            and not p.presence_penalty
-            and not p.logit_bias
-        )
-
-    def accept(self, tok: int, logits: torch.Tensor | None) -> TokenEvent:
-        """Record the chosen token (its raw-model logprobs from `logits`, which must be given when
-        logprobs were asked for) and say if it finished."""
+    def accept(self, tok: int, logits: torch.Tensor) -> TokenEvent:
+        """Record the chosen token (its raw-model logprobs from `logits`) and say if it finished."""
         self.history.append(tok)
         self.generated.append(tok)
         p = self.params
         lp = top = None
-        if p.logprobs is not None and logits is not None:
+        if p.logprobs is not None:
             logp = torch.log_softmax(logits.float(), -1)
             lp = float(logp[tok])
             if p.logprobs > 0:
@@ -121,7 +106,26 @@ class SequenceState:
 
 def sample_next_tokens(states: Sequence[SequenceState], logits: torch.Tensor) -> list[int]:
     """Next token for each state from its row of `logits` (len(states), vocab)."""
+    return sample_next_ids(states, logits).tolist()
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """The next token is the argmax of the raw logits (no penalty or bias changes them)."""
+    return (
+        p.temperature == 0
+        and p.repetition_penalty == 1.0
+        and not p.frequency_penalty
+        and not p.presence_penalty
+        and not p.logit_bias
+    )
+
+
+def sample_next_ids(states: Sequence[SequenceState], logits: torch.Tensor) -> torch.Tensor:
+    """`sample_next_tokens` as a tensor on the logits' device. Plain greedy rows are one argmax,
+    queued without waiting on the device (the pipelined decode loop relies on it)."""
     ps = [s.params for s in states]
+    if all(_plain_greedy(p) for p in ps):
+        return sampling.greedy(logits)
     if any(p.repetition_penalty != 1.0 for p in ps):
         logits = sampling.apply_repetition_penalty(
             logits, [s.history for s in states], torch.tensor([p.repetition_penalty for p in ps])
@@ -143,4 +147,4 @@ def sample_next_tokens(states: Sequence[SequenceState], logits: torch.Tensor) ->
         min_p=torch.tensor([p.min_p for p in ps]),
         generators=[s.generator for s in states],
     )
-    return nxt.tolist()
+    return nxt

@@ -69,9 +69,9 @@ def test_generate_cli_with_compile_prints_the_same_text(tiny):
 
 
 def test_pipelined_greedy_decode_equals_eager(tiny, monkeypatch):
-    """Greedy rows without logprobs take the pipelined loop (each step queued before the host
-    reads the last one's tokens): same tokens, texts and finish reasons as the eager loop, with
-    rows that end at different steps."""
+    """With a compiled decoder, decoding past the prompts takes the pipelined loop (each step
+    queued before the host reads the last one's tokens): same tokens, texts and finish reasons
+    as the eager loop, with rows that end at different steps."""
     from llama3.generation.generate import BatchGeneration
 
     path = tiny.path("3.1", "gguf")
@@ -97,3 +97,36 @@ def test_pipelined_greedy_decode_equals_eager(tiny, monkeypatch):
     for w, g in zip(want, got):
         assert (g.tokens, g.text, g.finish_reason) == (w.tokens, w.text, w.finish_reason)
     assert [len(g.tokens) for g in got] == [7, 19]
+
+
+def test_pipelined_sampling_draws_what_the_step_by_step_loop_draws(tiny, monkeypatch):
+    """Sampled rows (seeded), logprobs and a repetition penalty through the pipelined loop give
+    exactly what the same compiled decoder gives step by step."""
+    from llama3.generation.generate import BatchGeneration
+
+    fast = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=128, max_batch_size=2)
+    fast.compile(batch_sizes=[2])
+    prompts = [list(range(1000, 1030)), list(range(2000, 2021))]
+    common = dict(ignore_eos=True)
+    params = [
+        SamplingParams(max_tokens=9, temperature=0.9, top_p=0.9, seed=5, logprobs=2, **common),
+        SamplingParams(
+            max_tokens=17, temperature=0.7, top_k=20, repetition_penalty=1.3, seed=7, **common
+        ),
+    ]
+    entered = []
+    real = BatchGeneration._pipelined
+
+    def spy(self, *args):
+        entered.append(args[2])
+        yield from real(self, *args)
+
+    monkeypatch.setattr(BatchGeneration, "_pipelined", spy)
+    piped = fast.complete(prompts, params)
+    assert entered == [29]
+    monkeypatch.setattr(BatchGeneration, "pipelined", False)
+    stepwise = fast.complete(prompts, params)
+    for a, b in zip(piped, stepwise):
+        assert (a.tokens, a.text, a.finish_reason) == (b.tokens, b.text, b.finish_reason)
+        assert a.logprobs == b.logprobs and a.top_logprobs == b.top_logprobs
+    assert [len(r.tokens) for r in piped] == [9, 17] and entered == [29]  # not entered again
