@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelArgs
+from ..quant import bf16_rows
 from . import native_decode
 from .attention import causal_attention
 from .kv_cache import KVCache
@@ -46,6 +47,9 @@ class Attention(nn.Module):
         self.wo = Linear(self.n_heads * self.head_dim, args.dim, bias=False)
         #: q, k and v in one product, when a quantizer fused them (then wq/wk/wv are gone)
         self.wqkv: nn.Module | None = None
+        #: set by quantization: prompts attend in bfloat16 where their products run in it (CPUs
+        #: with AMX, `quant.bf16_rows`); float models keep float32 (their logits match HF's)
+        self.bf16_prompts = False
 
     def forward(
         self,
@@ -67,10 +71,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # (bsz, heads, seqlen, head_dim) for SDPA
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.bf16_prompts and bf16_rows.attention_applies(q, cache):
+            # bfloat16 queries: SDPA converts the keys and values to them (the cache keeps its
+            # own dtype) and runs ~2.6x faster (BENCHMARKS.md, run Q)
+            q = q.to(torch.bfloat16)
         if cache is None:
             out = causal_attention(q, k, v)
         else:
             out = cache.attend(self.layer_id, start_pos, q, k, v)
+        out = out.to(x.dtype)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 

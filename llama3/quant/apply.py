@@ -118,6 +118,7 @@ def quantize_layer(layer: nn.Module, spec: QuantSpec, ready: dict[str, QuantLine
         setattr(
             parent, name, q if q is not None else spec.from_float([getattr(parent, name).weight])
         )
+    layer.attention.bf16_prompts = True  # where its products' prompts are (bf16_rows)
 
 
 def quantize_head(model: nn.Module, spec: QuantSpec, ready: QuantLinear | None = None) -> None:

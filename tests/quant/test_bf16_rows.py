@@ -62,3 +62,41 @@ def test_quantized_layers_route_prompt_chunks_through_it(monkeypatch):
         assert 1e-4 < _rel(chunk, want) < 1e-2
         rows = layer(x[:8])  # a decode step's rows: the int16-grid kernels
         assert _rel(rows, want[:8]) < 1e-4
+
+
+def test_only_quantized_models_prompts_attend_in_bfloat16(tiny, monkeypatch):
+    """A quantized model's long prompts attend in bfloat16 on AMX CPUs (forced here, so the path
+    runs on any CPU): the logits stay within bfloat16's rounding of the float32 attention's and
+    differ from them, so the path was taken. Float models, short prompts, autograd (fine-tuning)
+    and serving batches that also hold decode rows keep float32."""
+    from llama3 import Llama
+    from llama3.model.kv_cache import KVCache
+    from llama3.model.paged_cache import PagedBatch
+    from llama3.quant.apply import quantize_model
+
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
+    q = torch.zeros(1, 4, bf16_rows.MIN_ROWS, 16)
+    mixed = PagedBatch.__new__(PagedBatch)
+    mixed.decodes = [object()]
+    assert not bf16_rows.attention_applies(q, None)  # autograd on
+    with torch.no_grad():
+        assert bf16_rows.attention_applies(q, None)
+        assert not bf16_rows.attention_applies(q[:, :, :-1], None)  # short prompts, decoding
+        assert not bf16_rows.attention_applies(q.bfloat16(), None)  # models not in float32
+        assert not bf16_rows.attention_applies(q, mixed)
+
+    llm = Llama.load(tiny.path("3.0", "hf"), max_seq_len=128)
+    assert not any(layer.attention.bf16_prompts for layer in llm.model.layers)
+    model = quantize_model(llm.model, "int8")
+    assert all(layer.attention.bf16_prompts for layer in model.layers)
+    tokens = torch.arange(100, 100 + 80)[None]
+
+    def prompt_logits(bf16_attention: bool) -> torch.Tensor:
+        for layer in model.layers:
+            layer.attention.bf16_prompts = bf16_attention
+        cache = KVCache(model.params, 1, 128)
+        return model(tokens, 0, cache)
+
+    low, full = prompt_logits(True), prompt_logits(False)
+    assert not torch.equal(low, full)
+    assert _rel(low, full) < 2e-2
