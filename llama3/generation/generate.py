@@ -18,6 +18,7 @@ from ..errors import InvalidRequestError
 from ..model.kv_cache import KVCache
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
+from ..utils.memory import release_freed_memory
 from .params import GenerationResult, SamplingParams, TokenEvent
 from .sequence_state import SequenceState, sample_next_ids, sample_next_tokens, validate_prompt
 
@@ -121,9 +122,15 @@ class BatchGeneration:
             for i, lp in enumerate(self.prompt_logprobs):
                 if lp is not None and cur_pos < lens[i]:  # a longer prompt: keep its token
                     lp.append(float(torch.log_softmax(last[i], -1)[tokens[i, cur_pos]]))
+            if prev_pos == 0 and device.type == "cpu":
+                # the prompt's activations are dead: hand them back before the cache grows
+                release_freed_memory()
             prev_pos = cur_pos
             if all(s.done for s in states):
                 break
+        if device.type == "cpu" and decoder is None:
+            del cache  # this generation's own cache: back to the system, not kept
+            release_freed_memory()
 
     def _pipelined(
         self, tokens: torch.Tensor, states: list[SequenceState], pos: int, total_len: int

@@ -7,8 +7,6 @@ dtype and assigned. A failure raises before the model exists, so nothing is left
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -18,24 +16,11 @@ from torch import nn
 
 from ..checkpoint.loaded import LoadedCheckpoint
 from ..errors import CheckpointError
+from ..utils.memory import release_freed_memory
 from .transformer import Transformer
 
 if TYPE_CHECKING:
     from ..quant.apply import LoadQuantizer
-
-
-def _malloc_trim() -> None:
-    """Give freed conversion buffers back to the OS (glibc keeps them), so peak RSS while loading
-    stays near the weights' size instead of growing with every converted tensor."""
-    global _libc
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name) if name else False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
-
-
-_libc: ctypes.CDLL | bool | None = None
 
 
 def expected_shapes(model: Transformer) -> dict[str, tuple[int, ...]]:
@@ -120,7 +105,7 @@ def build_model(
         if quantizer is not None and layer is not None and last:
             quantizer.layer_loaded(model, layer)
         if on_cpu:
-            _malloc_trim()
+            release_freed_memory()  # each converted tensor's buffers
     if args.tie_word_embeddings and ckpt.quantization is None:
         model.tie_weights()
     if quantizer is not None:

@@ -17,6 +17,12 @@ FEW_ROWS = 64
 
 
 class Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        # Built on the meta device, then loaded: random init there would only import
+        # torch._dynamo and sympy (~80 MB of resident modules) to fill tensors without storage.
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         if x.device.type != "cpu" or rows > FEW_ROWS or self.bias is not None or rows < 2:

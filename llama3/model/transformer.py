@@ -114,13 +114,22 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, without its random init when built on the meta device (a model about to be
+    loaded): there it would only import torch._dynamo (see `Linear.reset_parameters`)."""
+    table = torch.empty(vocab_size, dim)
+    if table.is_meta:
+        return nn.Embedding(vocab_size, dim, _weight=table)
+    return nn.Embedding(vocab_size, dim)
+
+
 class Transformer(nn.Module):
     def __init__(self, params: ModelArgs) -> None:
         super().__init__()
         self.params = params
         self.vocab_size = params.vocab_size
         self.n_layers = params.n_layers
-        self.tok_embeddings = nn.Embedding(params.vocab_size, params.dim)
+        self.tok_embeddings = _embedding(params.vocab_size, params.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
         self.output = Linear(params.dim, params.vocab_size, bias=False)
