@@ -4,7 +4,7 @@ weights, bfloat16 and int8, through the engine's public path (`Llama.compile` + 
 For each mode it reports the compile time, the compiled step alone (tokens/s over consecutive
 steps), the end-to-end decode rate of a 128-token greedy generation, the bytes of weights one token
 reads, and both rates as a fraction of the bound: those bytes / the GPU's measured read bandwidth
-(the best of several float32 reductions over a 4 GiB buffer). For bfloat16 it also times every
+(`llama3.bench.bandwidth.read_bandwidth` over a 4 GiB buffer). For bfloat16 it also times every
 layer's projections alone as cuBLAS products replayed in one CUDA graph: what a decoder without
 fusion could at best do. A check that the compiled step's logits match the eager model's is
 part of each mode (`max_rel_diff`).
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from llama3.bench.bandwidth import read_bandwidth  # noqa: E402
 from llama3.bench.ours import weight_bytes_per_token  # noqa: E402
 from llama3.config import ModelArgs  # noqa: E402
 from llama3.generation.llama import Llama  # noqa: E402
@@ -57,21 +58,6 @@ TOKENIZER = Path(__file__).resolve().parents[1] / "llama3" / "assets" / "tokeniz
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def read_bandwidth(device: torch.device, nbytes: int, passes: int = 10) -> float:
-    """Bytes per second a float32 sum reads, best of `passes`."""
-    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    buf.sum()
-    best = float("inf")
-    for _ in range(passes):
-        sync(device)
-        t = time.perf_counter()
-        buf.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    del buf
-    return nbytes / best
 
 
 def random_model(args: ModelArgs, device: torch.device, dtype: torch.dtype) -> Transformer:
@@ -256,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"torch": torch.__version__, "shape": a.shape, "dtype": str(dtype)}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
-    bw = read_bandwidth(device, int(a.bandwidth_gib * 2**30))
+    nbytes = int(a.bandwidth_gib * 2**30)
+    bw = read_bandwidth(torch.get_num_threads(), nbytes=nbytes, passes=10, device=device)
     report["read_bandwidth_GB_s"] = bw / 1e9
     print(json.dumps(report), flush=True)
 

@@ -21,17 +21,28 @@ import torch
 BUFFER_BYTES = 1024 * 2**20
 
 
-def read_bandwidth(threads: int, *, nbytes: int = BUFFER_BYTES, passes: int = 7) -> float:
-    """Bytes per second read by a float32 reduction over `nbytes` with `threads` threads."""
+def read_bandwidth(
+    threads: int,
+    *,
+    nbytes: int = BUFFER_BYTES,
+    passes: int = 7,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Bytes per second read by a float32 reduction over `nbytes` with `threads` threads (on a
+    GPU, `device`, the threads only launch it)."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        buf = torch.ones(nbytes // 4, dtype=torch.float32)
+        buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
         buf.sum()  # fault the pages in
         best = float("inf")
         for _ in range(passes):
+            sync()
             t = time.perf_counter()
             buf.sum()
+            sync()
             best = min(best, time.perf_counter() - t)
         return buf.numel() * 4 / best
     finally:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.memory import proc_kib_field
 from .engine import TimedEngine
 from .stats import Summary
 
@@ -106,13 +107,9 @@ def peak_rss_bytes() -> int:
     """This process's own peak resident memory. Not getrusage's ru_maxrss: Linux carries that
     across fork and exec, so a worker would report its parent's peak when the parent's is larger
     (earlier runs of the bench showed every engine at the driver's 806 MB)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = proc_kib_field("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 

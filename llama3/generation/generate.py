@@ -20,7 +20,7 @@ from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
 from ..utils.memory import release_freed_memory
 from .params import GenerationResult, SamplingParams, TokenEvent
-from .sequence_state import SequenceState, sample_next_ids, sample_next_tokens, validate_prompt
+from .sequence_state import SequenceState, sample_next_ids, validate_prompt
 
 if TYPE_CHECKING:
     from ..model.compiled import CompiledDecoder
@@ -114,10 +114,8 @@ class BatchGeneration:
             last = logits[:, -1]
             active = [s for s in states if not s.done and cur_pos >= lens[s.index]]
             if active:
-                rows = torch.tensor([s.index for s in active], device=device)
-                drawn = sample_next_tokens(active, last.index_select(0, rows))
+                drawn = self._draw(active, last, tokens, cur_pos).tolist()
                 for s, tok in zip(active, drawn):
-                    tokens[s.index, cur_pos] = tok
                     yield s.accept(tok, last[s.index])
             for i, lp in enumerate(self.prompt_logprobs):
                 if lp is not None and cur_pos < lens[i]:  # a longer prompt: keep its token
@@ -144,21 +142,14 @@ class BatchGeneration:
         costs at most one step computed in vain."""
         decoder = self.decoder
         assert decoder is not None
-        device = tokens.device
-        cuda = device.type == "cuda"
+        cuda = tokens.device.type == "cuda"
         host = torch.empty(tokens.shape[0], dtype=torch.long, pin_memory=cuda)
         copied = torch.cuda.Event() if cuda else None  # marks each step's ids on the host
         logits = decoder.step(tokens[:, pos : pos + 1], pos)
         for cur_pos in range(pos + 1, total_len):
             last = logits[:, -1]
             active = [s for s in states if not s.done]
-            if len(active) == len(states):
-                drawn = sample_next_ids(active, last)
-                tokens[:, cur_pos] = drawn
-            else:
-                rows = torch.tensor([s.index for s in active], device=device)
-                drawn = sample_next_ids(active, last.index_select(0, rows))
-                tokens[rows, cur_pos] = drawn
+            drawn = self._draw(active, last, tokens, cur_pos)
             ids = host[: len(active)]
             ids.copy_(drawn, non_blocking=cuda)
             if copied is not None:
@@ -173,6 +164,21 @@ class BatchGeneration:
                 break
 
     # ---- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _draw(
+        active: list[SequenceState], last: torch.Tensor, tokens: torch.Tensor, pos: int
+    ) -> torch.Tensor:
+        """The next tokens of the `active` rows, from `last` (every row's logits), written into
+        `tokens[:, pos]` on the device and returned in `active`'s order."""
+        if len(active) == tokens.shape[0]:
+            drawn = sample_next_ids(active, last)
+            tokens[:, pos] = drawn
+        else:
+            rows = torch.tensor([s.index for s in active], device=tokens.device)
+            drawn = sample_next_ids(active, last.index_select(0, rows))
+            tokens[rows, pos] = drawn
+        return drawn
+
     def _record_prompt_logprobs(
         self, logits: torch.Tensor, targets: torch.Tensor, first_pos: int
     ) -> None:

@@ -46,10 +46,10 @@ def attention_applies(q: torch.Tensor, cache: object) -> bool:
     bfloat16: a prompt chunk of `MIN_ROWS` tokens or more in float32 on a CPU with AMX, outside
     autograd, and not a serving batch that also holds decode rows (those keep the float32
     native kernel)."""
-    from ..model.paged_cache import PagedBatch
-
     if q.dtype != torch.float32 or q.shape[2] < MIN_ROWS or q.device.type != "cpu":
         return False
+    from ..model.paged_cache import PagedBatch  # (model imports this module)
+
     if isinstance(cache, PagedBatch) and cache.decodes:
         return False
     return not torch.is_grad_enabled() and _amx()  # never while fine-tuning

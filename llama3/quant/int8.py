@@ -17,7 +17,7 @@ bfloat16 through oneDNN's tiles (`bf16_rows`; ~2x the prefill, bfloat16's roundi
 On a GPU the product is written as the float product with the codes cast to the activations'
 dtype, then scaled (`dequantized_product`). Eagerly that casts the weights per call; compiled
 (`model.compiled`, coordinate-descent tuning on) a one-row product becomes a single reduction
-kernel that reads the int8 codes once, which is where int8 beats bfloat16 decoding.
+kernel that reads the int8 codes once (on an H200 about bfloat16's decode speed: BENCHMARKS.md).
 """
 
 from __future__ import annotations

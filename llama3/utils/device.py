@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidRequestError
+from .memory import proc_kib_field
 
 _DTYPES = {
     "float32": torch.float32,
@@ -60,11 +61,5 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
+    return available if available is not None else 8 << 30
