@@ -33,9 +33,11 @@ from llama3.bench.ours import weight_bytes_per_token  # noqa: E402
 from llama3.config import ModelArgs  # noqa: E402
 from llama3.generation.llama import Llama  # noqa: E402
 from llama3.generation.params import SamplingParams  # noqa: E402
+from llama3.kernels import gpu_int8  # noqa: E402
 from llama3.model.kv_cache import KVCache  # noqa: E402
 from llama3.model.transformer import Transformer  # noqa: E402
 from llama3.quant.apply import quantize_model  # noqa: E402
+from llama3.quant.int8 import Int8Linear  # noqa: E402
 from llama3.tokenizer import load_tokenizer  # noqa: E402
 
 SHAPES = {
@@ -105,6 +107,87 @@ def cublas_layers(model: Transformer, reps: int = 20) -> float | None:
         graph.replay()
     torch.cuda.synchronize()
     return (time.perf_counter() - t) / reps
+
+
+def int8_shapes(model: Transformer) -> dict[tuple[int, int], Int8Linear]:
+    """One int8 layer of each weight shape (out, in) in the model."""
+    found: dict[tuple[int, int], Int8Linear] = {}
+    for m in model.modules():
+        if isinstance(m, Int8Linear) and getattr(m, "codes", None) is not None:
+            found.setdefault(tuple(m.codes.shape), m)
+    return found
+
+
+def sweep_configs() -> list[gpu_int8.Config]:
+    """Tiles with 8-32 codes per thread: every (rows, inputs, warps) in that range."""
+    out = []
+    for warps in (2, 4, 8):
+        for bn in (1, 2, 4, 8, 16):
+            for bk in (256, 512, 1024, 2048):
+                if bn * bk // (32 * warps) in (8, 16, 32):
+                    out.append(gpu_int8.Config(bn, bk, num_warps=warps))
+    return out
+
+
+def sweep_int8(model: Transformer) -> list[dict]:
+    """Times the int8 one-row kernel over `sweep_configs` for each of the model's int8 shapes
+    (L2 flushed between calls: `triton.testing.do_bench`), then the best three with codes
+    converted instead of decoded from bits and with a pipelined loop; records the best of each
+    shape in `gpu_int8.CONFIGS_BY_SHAPE` for the decode that follows. For reference, the same
+    shape as a bfloat16 cuBLAS product and as Inductor's reduction over int8 codes."""
+    from triton.testing import do_bench
+
+    from llama3.quant.int8 import codes_as_float
+
+    def us(fn) -> float:
+        return do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
+
+    def inductor_product(x, codes, scale):
+        return ((x.float() * codes_as_float(codes)).sum(-1) * scale).to(x.dtype)
+
+    compiled = torch.compile(inductor_product, dynamic=False)
+    rows = []
+    for layer in int8_shapes(model).values():
+        row = sweep_shape(layer.codes, layer.scale, model.dtype, us, compiled)
+        rows.append(row)
+        print(json.dumps({"sweep": row}), flush=True)
+    return rows
+
+
+def sweep_shape(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, us, compiled) -> dict:
+    n, k = codes.shape
+    x = torch.randn(1, k, device=codes.device, dtype=dtype)
+    nbytes = codes.numel() + 4 * n
+
+    def kernel(cfg: gpu_int8.Config):
+        return lambda: gpu_int8.launch(x, codes, scale, cfg)
+
+    times = {cfg: us(kernel(cfg)) for cfg in sweep_configs()}
+    for cfg in sorted(times, key=times.get)[:3]:
+        for variant in (
+            gpu_int8.Config(cfg.block_n, cfg.block_k, cfg.num_warps, 1, bits=False),
+            gpu_int8.Config(cfg.block_n, cfg.block_k, cfg.num_warps, 3, bits=True),
+        ):
+            times[variant] = us(kernel(variant))
+    ranked = sorted(times, key=times.get)
+    gpu_int8.CONFIGS_BY_SHAPE[(n, k)] = ranked[0]
+    default = gpu_int8.default_config(n, k)
+    w = torch.randn(n, k, device=codes.device, dtype=dtype)
+    row = {
+        "shape": [n, k],
+        "int8_MB": nbytes / 1e6,
+        "cublas_bf16_us": us(lambda: torch.nn.functional.linear(x, w)),
+        "default": [str(default), times.get(default) or us(kernel(default))],
+        "best": [[str(c), round(times[c], 2)] for c in ranked[:5]],
+        "worst": [str(ranked[-1]), round(times[ranked[-1]], 2)],
+    }
+    try:
+        row["inductor_int8_us"] = us(lambda: compiled(x, codes, scale))
+    except Exception as e:
+        row["inductor_error"] = f"{type(e).__name__}: {e}"
+    row["best_TB_s"] = nbytes / times[ranked[0]] / 1e6
+    row["cublas_bf16_TB_s"] = 2 * n * k / row["cublas_bf16_us"] / 1e6
+    return row
 
 
 def eager_step_logits(model: Transformer, prompt: list[int], max_seq_len: int) -> torch.Tensor:
@@ -211,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bandwidth-gib", type=float, default=4.0)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="int8: time the Triton kernel's tile settings per weight shape first, decode with the best",
+    )
+    ap.add_argument(
         "--float32-check",
         action="store_true",
         help="also compare each mode's logits with a float32 copy of the model (3x the memory)",
@@ -242,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"torch": torch.__version__, "shape": a.shape, "dtype": str(dtype)}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
+        try:
+            import triton
+
+            report["triton"] = triton.__version__
+        except ImportError:
+            report["triton"] = None
     nbytes = int(a.bandwidth_gib * 2**30)
     bw = read_bandwidth(torch.get_num_threads(), nbytes=nbytes, passes=10, device=device)
     report["read_bandwidth_GB_s"] = bw / 1e9
@@ -268,10 +362,25 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "int8":
             torch._dynamo.reset()  # drop the previous mode's graphs
             quantize_model(model, "int8")
+            if a.sweep and gpu_int8.available(torch.empty(0, device=device)):
+                try:
+                    report["int8_sweep"] = sweep_int8(model)
+                except Exception as e:
+                    import traceback
+
+                    traceback.print_exc()
+                    report["int8_sweep_error"] = f"{type(e).__name__}: {e}"
         elif mode != "bfloat16":
             raise SystemExit(f"unknown mode {mode!r}")
         llm = Llama(model, tokenizer, max_seq_len=a.max_seq_len, max_batch_size=1)
         res: dict = {"weight_bytes": weight_bytes_per_token(model)}
+        if mode == "int8":
+            on = gpu_int8.available(torch.empty(0, device=device))
+            res["one_row_products"] = "triton" if on else "pytorch"
+            if on:
+                res["tiles"] = {
+                    f"{n}x{k}": str(gpu_int8.config_for(n, k)) for n, k in int8_shapes(model)
+                }
         bound = bw / res["weight_bytes"]
         res["bound_tok_s"] = bound
         if mode == "bfloat16":

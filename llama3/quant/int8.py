@@ -14,10 +14,9 @@ On both paths a row's result never depends on the rest of the batch. On CPUs wit
 of 64 rows or more (prompt chunks) take a third path instead: the codes and activations in
 bfloat16 through oneDNN's tiles (`bf16_rows`; ~2x the prefill, bfloat16's rounding).
 
-On a GPU the product is written as the float product with the codes cast to the activations'
-dtype, then scaled (`dequantized_product`). Eagerly that casts the weights per call; compiled
-(`model.compiled`, coordinate-descent tuning on) a one-row product becomes a single reduction
-kernel that reads the int8 codes once (on an H200 about bfloat16's decode speed: BENCHMARKS.md).
+On a GPU a one-row product (batch-1 decoding) is a Triton kernel that streams the int8 codes
+(`kernels.gpu_int8`); other products are the float product with the codes cast to the
+activations' dtype, then scaled (`dequantized_product`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
+from ..kernels import gpu_int8
 from . import bf16_rows
 
 #: fbgemm's grid for an input pinned to [-1, 1] at 7 bits: step 2/127, zero point 64. The high
@@ -72,9 +72,12 @@ def dequantized_product(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tenso
     """x @ (codes * scale[:, None]).T in x's dtype, written so a compiler fuses the decoding of the
     codes into the product (no float copy of the weights).
 
-    Compiled, a single row (a decode step) is an explicit reduction over float32 codes made by
+    A single row (a decode step) on a GPU with Triton is `kernels.gpu_int8`'s kernel, eager or
+    compiled; without Triton, compiled, it is an explicit reduction over float32 codes made by
     integer operations (`codes_as_float`), which the compiler fuses into one kernel per product.
     """
+    if x.numel() == x.shape[-1] and gpu_int8.available(x):
+        return gpu_int8.row_product(x, codes, scale)
     if torch.compiler.is_compiling() and x.numel() == x.shape[-1]:
         y = (x.reshape(1, -1).float() * codes_as_float(codes)).sum(-1) * scale
         return y.to(x.dtype).reshape(*x.shape[:-1], codes.shape[0])
