@@ -10,7 +10,7 @@ either by a plain conversion or from their bits (`BITS`: the float whose bits ar
 0x4B000000 | (code + 128) is 2**23 + 128 + code; GPUs convert integers at a quarter of their
 arithmetic rate, and at HBM speed that rate is the limit).
 
-The tile shape is chosen per (rows, inputs) from measurements (`CONFIGS_BY_SHAPE`, filled from
+The tile shape is chosen per (rows, inputs) from measurements (`CONFIGS_BY_SHAPE`, from
 `bench/gpu_decode.py --sweep`), else `default_config`. The op is a `torch.library.triton_op`,
 so torch.compile traces into it and CUDA graphs capture it. Without Triton or off CUDA,
 `available` is False and callers keep their PyTorch path; tests run the kernel on the CPU through
@@ -43,13 +43,24 @@ class Config:
         )
 
 
-#: measured best tile per (out_features, in_features); `default_config` covers the rest
-CONFIGS_BY_SHAPE: dict[tuple[int, int], Config] = {}
+#: the best tile per (out_features, in_features): Llama-3-8B's products on an H200
+#: (`bench/gpu_decode.py --sweep`, BENCHMARKS.md run G4; the sweep replaces them with its own)
+CONFIGS_BY_SHAPE: dict[tuple[int, int], Config] = {
+    (4096, 4096): Config(2, 512, num_warps=2),  # wo
+    (6144, 4096): Config(4, 512, num_warps=2, num_stages=3),  # fused wq/wk/wv
+    (4096, 14336): Config(2, 2048, num_warps=4),  # w2
+    (28672, 4096): Config(16, 512, num_warps=8, num_stages=3),  # fused w1/w3
+    (128256, 4096): Config(4, 512, num_warps=2, num_stages=3),  # the head
+}
 
 
 def default_config(n: int, k: int) -> Config:
-    """A tile that keeps enough programs for every SM (n / block_n of them) and 16-byte loads."""
-    return Config(block_n=8 if n >= 8192 else 4, block_k=512, num_warps=4, num_stages=1)
+    """Other shapes, by the same sweep's trends: long rows want long tiles, many rows tall ones."""
+    if k >= 8192:
+        return Config(2, 2048, num_warps=4)
+    if 16384 <= n < 65536:
+        return Config(16, 512, num_warps=8, num_stages=3)
+    return Config(4, 512, num_warps=2, num_stages=3)
 
 
 def config_for(n: int, k: int) -> Config:

@@ -6,10 +6,11 @@ import triton.language as tl
 
 @triton.jit
 def codes_to_float(w, BITS: tl.constexpr):
-    """int8 codes as float32; with BITS from their bits: 0x4B000000 | (code + 128) is the float
-    2**23 + 128 + code, so integer operations and one subtraction replace a conversion."""
+    """int8 codes as float32; with BITS from their bits: the code's byte read unsigned, XOR
+    0x4B000080, is the float 2**23 + 128 + code, so a zero extension, one XOR and one
+    subtraction replace a conversion."""
     if BITS:
-        b = (w.to(tl.int32) + 128) | 0x4B000000
+        b = w.to(tl.uint8, bitcast=True).to(tl.int32) ^ 0x4B000080
         return b.to(tl.float32, bitcast=True) - 8388736.0
     else:
         return w.to(tl.float32)

@@ -100,9 +100,3 @@ def test_one_row_products_take_the_kernel_and_match_the_cast_path(device, monkey
     two = dequantized_product(torch.cat([x, x]), codes, scale)  # two rows: the cast product
     assert len(calls) == 1
     torch.testing.assert_close(one.reshape(1, -1), two[:1], rtol=1e-5, atol=1e-5)
-
-
-def test_default_tiles_cover_every_output_row():
-    for n in (1, 4095, 4096, 6144, 28672, 128256):
-        c = gpu_int8.default_config(n, 4096)
-        assert c.block_n >= 1 and (c.block_n & (c.block_n - 1)) == 0
