@@ -137,9 +137,10 @@ class BatchGeneration:
         reads the tokens of the one before: the chosen ids stay on the device to feed the next
         step, and one copy brings them back, so on a GPU the host's per-token work (the
         detokenizer, the consumer of this stream) overlaps the next step instead of stalling it.
-        Plain greedy rows are picked without waiting on the device at all; sampling waits for
-        the step it samples. The tokens are those of the step-by-step loop; a sequence that ends
-        costs at most one step computed in vain."""
+        The sampler decides everything from host parameters (`generation.sampling`), so greedy
+        and sampled rows alike are drawn without waiting on the device; logprobs are read after
+        the next step is queued. The tokens are those of the step-by-step loop; a sequence that
+        ends costs at most one step computed in vain."""
         decoder = self.decoder
         assert decoder is not None
         cuda = tokens.device.type == "cuda"

@@ -3,7 +3,9 @@
 Every function takes a (batch, vocab) tensor and returns a new one; none modifies its input in place
 (a function whose parameters make it a no-op may return its input tensor itself). Per-row parameters
 are a Python scalar (same for every row), a sequence, or a 1-D tensor of length batch, so one batch
-can mix requests with different settings. Filters on logits drop tokens by setting them to -inf;
+can mix requests with different settings. Parameters are checked, and every choice that depends on
+them made, on the host: given host parameters, nothing here waits for the device (no value is read
+back from it), so on a GPU the pipelined decode loop queues the next step behind the sampler. Filters on logits drop tokens by setting them to -inf;
 filters on probabilities set them to 0 and renormalise.
 
 `sample_next` chains the usual pipeline: temperature -> top-k -> softmax -> top-p -> min-p -> draw,
@@ -63,14 +65,16 @@ _INTEGER: _Check = (lambda t: torch.ones_like(t, dtype=torch.bool), "an integer"
 def _per_row(
     value: RowParam | IntRowParam,
     batch: int,
-    device: torch.device,
     name: str,
     check: _Check,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Broadcast `value` to a (batch,) tensor of `dtype`, rejecting values that fail `check`."""
+    """Broadcast `value` to a (batch,) host tensor of `dtype`, rejecting values that fail `check`
+    (`_on` moves it to the device where the computation needs it)."""
     valid, rule = check
-    t = torch.as_tensor(value, device=device)
+    t = torch.as_tensor(value)
+    if t.device.type != "cpu":
+        t = t.cpu()  # a device tensor given by the caller: read once
     if t.is_floating_point() and bool(torch.isnan(t).any()):
         raise InvalidRequestError(f"{name} is NaN", hint=f"set {name} to {rule}", param=name)
     # A float where an integer is expected (2.5 for top_k) would otherwise truncate silently.
@@ -96,6 +100,11 @@ def _per_row(
     return t
 
 
+def _on(t: Tensor, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A host tensor on `like`'s device (a copy queued without waiting for the device's work)."""
+    return t.to(device=like.device, dtype=dtype, non_blocking=True)
+
+
 def _token_index(
     rows: Sequence[Sequence[int]], batch: int, vocab: int, device: torch.device, what: str
 ) -> tuple[Tensor, Tensor]:
@@ -104,15 +113,15 @@ def _token_index(
         raise ValueError(f"{what} has {len(rows)} rows but the logits have {batch}")
     row_idx = [i for i, toks in enumerate(rows) for _ in toks]
     flat = [t for toks in rows for t in toks]
-    ids = torch.tensor(flat, dtype=torch.int64, device=device)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+    if flat and (min(flat) < 0 or max(flat) >= vocab):
         bad = next(t for t in flat if not 0 <= t < vocab)
         raise InvalidRequestError(
             f"token id {bad} in {what} is outside the vocabulary (0..{vocab - 1})",
             hint="pass token ids produced by this model's tokenizer",
             param=what,
         )
-    return torch.tensor(row_idx, dtype=torch.int64, device=device), ids
+    as_ids = torch.tensor(row_idx, dtype=torch.int64), torch.tensor(flat, dtype=torch.int64)
+    return tuple(t.to(device, non_blocking=True) for t in as_ids)
 
 
 def _renormalise(probs: Tensor) -> Tensor:
@@ -132,7 +141,7 @@ def apply_repetition_penalty(
     seen.
     """
     batch, vocab = _check_2d(logits, "logits")
-    pen = _per_row(penalty, batch, logits.device, "repetition_penalty", _POSITIVE)
+    pen = _per_row(penalty, batch, "repetition_penalty", _POSITIVE)
     if len(prev_tokens) != batch:
         raise ValueError(f"prev_tokens has {len(prev_tokens)} rows but the logits have {batch}")
     if not any(prev_tokens) or bool((pen == 1).all()):
@@ -140,7 +149,7 @@ def apply_repetition_penalty(
     rows, ids = _token_index(prev_tokens, batch, vocab, logits.device, "prev_tokens")
     seen = torch.zeros(batch, vocab, dtype=torch.bool, device=logits.device)
     seen[rows, ids] = True
-    p = pen.to(logits.dtype).unsqueeze(-1)
+    p = _on(pen, logits, logits.dtype).unsqueeze(-1)
     penalised = torch.where(logits < 0, logits * p, logits / p)
     return torch.where(seen, penalised, logits)
 
@@ -158,8 +167,8 @@ def apply_frequency_presence_penalties(
     """
     batch, vocab = _check_2d(logits, "logits")
     dev = logits.device
-    freq = _per_row(frequency, batch, dev, "frequency_penalty", _FINITE)
-    pres = _per_row(presence, batch, dev, "presence_penalty", _FINITE)
+    freq = _per_row(frequency, batch, "frequency_penalty", _FINITE)
+    pres = _per_row(presence, batch, "presence_penalty", _FINITE)
     if len(generated_tokens) != batch:
         raise ValueError(
             f"generated_tokens has {len(generated_tokens)} rows but the logits have {batch}"
@@ -169,7 +178,9 @@ def apply_frequency_presence_penalties(
     rows, ids = _token_index(generated_tokens, batch, vocab, dev, "generated_tokens")
     counts = torch.zeros(batch, vocab, dtype=torch.float32, device=dev)
     counts.index_put_((rows, ids), torch.ones_like(ids, dtype=torch.float32), accumulate=True)
-    delta = freq.unsqueeze(-1) * counts + pres.unsqueeze(-1) * (counts > 0)
+    delta = _on(freq, counts).unsqueeze(-1) * counts + _on(pres, counts).unsqueeze(-1) * (
+        counts > 0
+    )
     return (logits.float() - delta).to(logits.dtype)
 
 
@@ -192,7 +203,7 @@ def apply_logit_bias(logits: Tensor, biases: Sequence[Mapping[int, float] | None
     out = logits.clone()
     out.index_put_(
         (row_idx, ids),
-        torch.tensor(values, dtype=logits.dtype, device=logits.device),
+        _on(torch.tensor(values, dtype=logits.dtype), logits),
         accumulate=True,
     )
     return out
@@ -201,10 +212,10 @@ def apply_logit_bias(logits: Tensor, biases: Sequence[Mapping[int, float] | None
 def apply_temperature(logits: Tensor, temperature: RowParam) -> Tensor:
     """Divide each row by its temperature (> 0; greedy rows are `sample_next`'s job)."""
     batch, _ = _check_2d(logits, "logits")
-    t = _per_row(temperature, batch, logits.device, "temperature", _POSITIVE)
+    t = _per_row(temperature, batch, "temperature", _POSITIVE)
     if bool((t == 1).all()):
         return logits
-    return logits / t.to(logits.dtype).unsqueeze(-1)
+    return logits / _on(t, logits, logits.dtype).unsqueeze(-1)
 
 
 def top_k_filter(logits: Tensor, k: IntRowParam) -> Tensor:
@@ -215,15 +226,15 @@ def top_k_filter(logits: Tensor, k: IntRowParam) -> Tensor:
     otherwise be arbitrary.
     """
     batch, vocab = _check_2d(logits, "logits")
-    kk = _per_row(k, batch, logits.device, "top_k", _INTEGER, torch.int64)
+    kk = _per_row(k, batch, "top_k", _INTEGER, torch.int64)
     active = (kk > 0) & (kk < vocab)
     if not bool(active.any()):
         return logits
     k_eff = torch.where(active, kk, 1)
     k_max = int(k_eff.max())
     top = torch.topk(logits, k_max, dim=-1).values  # sorted descending
-    kth = top.gather(-1, (k_eff - 1).unsqueeze(-1))
-    kth = kth.masked_fill(~active.unsqueeze(-1), -math.inf)
+    kth = top.gather(-1, _on(k_eff - 1, top).unsqueeze(-1))
+    kth = kth.masked_fill(~_on(active, kth).unsqueeze(-1), -math.inf)
     return logits.masked_fill(logits < kth, -math.inf)
 
 
@@ -238,14 +249,15 @@ def top_p_filter(probs: Tensor, p: RowParam) -> Tensor:
     and the top token always survives (p = 0 keeps only it).
     """
     batch, _ = _check_2d(probs, "probs")
-    pp = _per_row(p, batch, probs.device, "top_p", _AT_LEAST_ZERO)
+    pp = _per_row(p, batch, "top_p", _AT_LEAST_ZERO)
     active = pp < 1
     if not bool(active.any()):
         return probs
+    pp, active = _on(pp, probs, probs.dtype), _on(active, probs)
     sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     # The top token's mass_before is exactly 0, so it survives for every p >= 0.
     mass_before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-    drop_sorted = (mass_before > pp.to(probs.dtype).unsqueeze(-1)) & active.unsqueeze(-1)
+    drop_sorted = (mass_before > pp.unsqueeze(-1)) & active.unsqueeze(-1)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     filtered = _renormalise(probs.masked_fill(drop, 0.0))
     # Rows with p >= 1 come back untouched (not even renormalised).
@@ -258,13 +270,13 @@ def min_p_filter(probs: Tensor, min_p: RowParam) -> Tensor:
     min_p must lie in [0, 1]; 0 is a no-op. The top token always survives.
     """
     batch, _ = _check_2d(probs, "probs")
-    mp = _per_row(min_p, batch, probs.device, "min_p", _UNIT)
+    mp = _per_row(min_p, batch, "min_p", _UNIT)
     active = mp > 0
     if not bool(active.any()):
         return probs
-    threshold = probs.amax(dim=-1, keepdim=True) * mp.to(probs.dtype).unsqueeze(-1)
+    threshold = probs.amax(dim=-1, keepdim=True) * _on(mp, probs, probs.dtype).unsqueeze(-1)
     filtered = _renormalise(probs.masked_fill(probs < threshold, 0.0))
-    return torch.where(active.unsqueeze(-1), filtered, probs)
+    return torch.where(_on(active, probs).unsqueeze(-1), filtered, probs)
 
 
 # ---- choosing tokens ---------------------------------------------------------------------------
@@ -279,18 +291,27 @@ def sample(probs: Tensor, generators: Sequence[torch.Generator | None] | None = 
     """
     batch, _ = _check_2d(probs, "probs")
     if generators is None:
-        return torch.multinomial(probs, 1).squeeze(-1)
+        return _draw(probs)
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for {batch} rows")
     out = torch.empty(batch, dtype=torch.int64, device=probs.device)
     shared = [i for i, g in enumerate(generators) if g is None]
     if shared:
-        idx = torch.tensor(shared, device=probs.device)
-        out[idx] = torch.multinomial(probs[idx], 1).squeeze(-1)
+        idx = _on(torch.tensor(shared), probs)
+        out[idx] = _draw(probs[idx])
     for i, g in enumerate(generators):
         if g is not None:
-            out[i] = torch.multinomial(probs[i : i + 1], 1, generator=g)[0, 0]
+            out[i] = _draw(probs[i : i + 1], g)[0]
     return out
+
+
+def _draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row with probability `probs`: the argmax of probs / E for exponential noise E
+    (an exponential race). `torch.multinomial` draws one sample exactly so, from the same random
+    stream (the same ids for the same seed), but first reads a validity check back from the
+    device, which would stall the pipelined GPU decode on every sampled token."""
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / noise).argmax(dim=-1)
 
 
 def greedy(logits: Tensor) -> Tensor:
@@ -351,20 +372,20 @@ def sample_next(
     other rows are sampled as a sub-batch, each with its own generator when one is given.
     """
     batch, _ = _check_2d(logits, "logits")
-    dev = logits.device
-    temp = _per_row(temperature, batch, dev, "temperature", _NON_NEGATIVE)
-    kk = _per_row(top_k, batch, dev, "top_k", _INTEGER, torch.int64)
-    pp = _per_row(top_p, batch, dev, "top_p", _AT_LEAST_ZERO)
-    mp = _per_row(min_p, batch, dev, "min_p", _UNIT)
+    temp = _per_row(temperature, batch, "temperature", _NON_NEGATIVE)
+    kk = _per_row(top_k, batch, "top_k", _INTEGER, torch.int64)
+    pp = _per_row(top_p, batch, "top_p", _AT_LEAST_ZERO)
+    mp = _per_row(min_p, batch, "min_p", _UNIT)
     if generators is not None and len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for {batch} rows")
 
     is_greedy = temp == 0
     if bool(is_greedy.all()):
         return greedy(logits)
-    rows = (~is_greedy).nonzero().squeeze(-1)
+    rows = (~is_greedy).nonzero().squeeze(-1)  # on the host, like every parameter here
     all_sampled = rows.numel() == batch
-    sub = logits if all_sampled else logits[rows]
+    rows_on = None if all_sampled else _on(rows, logits)
+    sub = logits if all_sampled else logits[rows_on]
     # Subtracting the row max first keeps a tiny temperature from overflowing to inf (and softmax
     # to NaN); softmax and every filter below are shift-invariant.
     sub = sub.float()
@@ -379,5 +400,5 @@ def sample_next(
     if all_sampled:
         return drawn
     out = greedy(logits)
-    out[rows] = drawn
+    out[rows_on] = drawn
     return out

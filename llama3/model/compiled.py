@@ -5,8 +5,8 @@ given; elsewhere the attention window is a dynamic size); `warm_up` compiles the
 will use before the first request, so no request waits on the compiler. Inductor's on-disk cache
 keeps the compiled code across runs. On CUDA the step replays as a CUDA graph, the caches sit at
 static addresses (the graph writes into them in place), and coordinate-descent tuning is on:
-with it Inductor writes a one-row product as a reduction it tunes to the memory's speed, which
-also fuses int8 weights' cast into the read (`quant.int8.dequantized_product`). Prefill stays
+with it Inductor writes a one-row product as a reduction it tunes to the memory's speed; int8
+weights' one-row products are a Triton kernel traced into the graph (`kernels.gpu_int8`). Prefill stays
 eager: its lengths vary, and one long product per layer has no per-operator overhead to remove.
 
 CPU int8 models skip this: `model.native_decode` runs each layer as one native call, faster than

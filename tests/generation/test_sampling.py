@@ -379,3 +379,32 @@ def test_sample_next_row_independent_and_tiny_temperature() -> None:
     assert sample_next(big, temperature=1e-37, generators=[_gen(0)]).item() == 1
     with pytest.raises(InvalidRequestError):
         sample_next(target, temperature=-0.5)
+
+
+def test_seeded_draws_are_torch_multinomials_draws() -> None:
+    """The draw is torch.multinomial's one-sample draw (same seed, same ids), without its
+    validity check read back from the device."""
+    probs = torch.softmax(_random_logits(3, 500, seed=21), dim=-1)
+    for i in range(3):
+        ref_gen, our_gen = _gen(40 + i), _gen(40 + i)
+        ref = [int(torch.multinomial(probs[i : i + 1], 1, generator=ref_gen)) for _ in range(30)]
+        ours = [int(sample(probs[i : i + 1], [our_gen])[0]) for _ in range(30)]
+        assert ours == ref
+
+
+def test_the_sampler_never_waits_for_the_device() -> None:
+    """Every choice the sampler makes comes from host parameters: with the logits on the meta
+    device (whose values cannot be read: any read raises) the whole pipeline still runs, so on a
+    GPU nothing in it waits for the step that produced the logits."""
+    logits = torch.empty(4, 1000, device="meta")
+    out = apply_repetition_penalty(logits, [[1, 2], [], [3], [999]], [1.3, 1.0, 1.1, 1.2])
+    out = apply_frequency_presence_penalties(out, [[5], [6, 6], [], [7]], 0.5, [0.0, 0.1, 0, 0])
+    out = apply_logit_bias(out, [{3: 1.0}, None, {10: -100.0}, None])
+    ids = sample_next(
+        out,
+        temperature=[0.0, 0.7, 1.0, 1.3],
+        top_k=[0, 40, 0, 5],
+        top_p=[1.0, 0.9, 0.5, 1.0],
+        min_p=[0.0, 0.05, 0.0, 0.1],
+    )
+    assert ids.device.type == "meta" and ids.shape == (4,)
