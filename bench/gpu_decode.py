@@ -22,12 +22,15 @@ import json
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import llama3.generation.sampling as sampling  # noqa: E402
+import llama3.generation.sequence_state as sequence_state  # noqa: E402
 from llama3.bench.bandwidth import read_bandwidth  # noqa: E402
 from llama3.bench.ours import weight_bytes_per_token  # noqa: E402
 from llama3.config import ModelArgs  # noqa: E402
@@ -241,7 +244,13 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def measure(
-    llm: Llama, prompt: list[int], new_tokens: int, steps: int, runs: int, f32: torch.Tensor | None
+    llm: Llama,
+    prompt: list[int],
+    new_tokens: int,
+    steps: int,
+    runs: int,
+    f32: torch.Tensor | None,
+    baseline_sampler: types.ModuleType | None = None,
 ) -> dict:
     device = llm.model.device
     out: dict = {}
@@ -282,14 +291,21 @@ def measure(
     greedy = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     # Meta's defaults (temperature 0.6, top-p 0.9), seeded: rows sampled on the host each step
     sampled = SamplingParams(max_tokens=new_tokens, seed=0, ignore_eos=True)
-    for key, params in (("decode", greedy), ("decode_sampled", sampled)):
+    cases = [("decode", greedy, None), ("decode_sampled", sampled, None)]
+    if baseline_sampler is not None:  # the same loop with the sampler of another revision
+        cases.append(("decode_sampled_baseline", sampled, baseline_sampler))
+    for key, params, sampler in cases:
         rates = []
-        for _ in range(runs + 1):  # the first run warms the eager prefill up
-            stamps = []
-            t0 = time.perf_counter()
-            for _ in llm.stream([prompt], params):
-                stamps.append(time.perf_counter() - t0)
-            rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        sequence_state.sampling = sampler or sampling
+        try:
+            for _ in range(runs + 1):  # the first run warms the eager prefill up
+                stamps = []
+                t0 = time.perf_counter()
+                for _ in llm.stream([prompt], params):
+                    stamps.append(time.perf_counter() - t0)
+                rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+        finally:
+            sequence_state.sampling = sampling
         out[f"{key}_tok_s"] = statistics.median(rates[1:])
         out[f"{key}_tok_s_min_max"] = [min(rates[1:]), max(rates[1:])]
     return out
@@ -307,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--bandwidth-gib", type=float, default=4.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--sampler-baseline",
+        default=None,
+        metavar="REF",
+        help="also decode sampled with llama3/generation/sampling.py as of git revision REF",
+    )
     ap.add_argument(
         "--sweep",
         action="store_true",
@@ -365,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
         "The quick brown fox jumps over the lazy dog. " * 2, bos=True, eos=False
     )
 
+    baseline = None
+    if a.sampler_baseline:
+        from sampled_decode import sampler_at  # bench/, beside this script
+
+        baseline = sampler_at(a.sampler_baseline)
     f32 = None
     if a.float32_check:
         try:
@@ -406,13 +433,18 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 res["cublas_error"] = f"{type(e).__name__}: {e}"
         try:
-            res.update(measure(llm, prompt, a.new_tokens, a.steps, a.runs, f32))
+            res.update(measure(llm, prompt, a.new_tokens, a.steps, a.runs, f32, baseline))
         except Exception as e:  # report it, go on with the next mode
             import traceback
 
             traceback.print_exc()
             res["error"] = f"{type(e).__name__}: {e}"
-        for key in ("step_tok_s", "decode_tok_s", "decode_sampled_tok_s"):
+        for key in (
+            "step_tok_s",
+            "decode_tok_s",
+            "decode_sampled_tok_s",
+            "decode_sampled_baseline_tok_s",
+        ):
             if key in res:
                 res[key.replace("tok_s", "of_bound")] = res[key] / bound
         report[mode] = res
