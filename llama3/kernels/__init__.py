@@ -5,7 +5,8 @@ The source is compiled once per (source, torch version, compiler flags, CPU) wit
 compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 products use
 AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
-`decode_attention`, `paged_decode_attention`, `decode_layer` and `paged_decode_layer`.
+`decode_attention`, `paged_decode_attention`, `decode_layer`, `paged_decode_layer` and
+`scale_columns` (bfloat16 products widened and scaled per column).
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """

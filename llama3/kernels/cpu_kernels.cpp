@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -893,10 +894,53 @@ at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
   return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
 }
 
+// ---- bfloat16 products' outputs widened to float32 and scaled per column, in one pass ----
+// out[m, n] = float(part[m, n]) * scale[n]: a prompt's bfloat16 products (quant.bf16_rows) come
+// back as bfloat16 and their int8 codes' row scales apply per column. PyTorch's mixed-dtype
+// multiply converts into a temporary first (two passes); here a bfloat16 widens by a 16-bit shift.
+// `out` may be a column slice of a wider matrix (row stride ldo).
+
+void scale_columns(const at::Tensor& part, const at::Tensor& scale, at::Tensor& out) {
+  TORCH_CHECK(part.dim() == 2 && part.scalar_type() == at::kBFloat16 && part.is_contiguous() &&
+                  part.device().is_cpu(),
+              "scale_columns: part must be a contiguous bfloat16 CPU matrix");
+  const int64_t M = part.size(0), N = part.size(1);
+  TORCH_CHECK(scale.dim() == 1 && scale.size(0) == N && scale.scalar_type() == at::kFloat &&
+                  scale.is_contiguous(),
+              "scale_columns: scale must be a contiguous float32 vector, one per column");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N &&
+                  out.scalar_type() == at::kFloat && out.stride(1) == 1,
+              "scale_columns: out must be float32 (M, N) with unit column stride");
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(part.data_ptr<at::BFloat16>());
+  const float* sc = scale.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t ldo = out.stride(0);
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)),
+                   [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const uint16_t* a = src + m * N;
+      float* o = dst + m * ldo;
+      int64_t n = 0;
+      for (; n + 8 <= N; n += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + n)));
+        __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+        _mm256_storeu_ps(o + n, _mm256_mul_ps(v, _mm256_loadu_ps(sc + n)));
+      }
+      for (; n < N; ++n) {
+        uint32_t bits = static_cast<uint32_t>(a[n]) << 16;
+        float v;
+        std::memcpy(&v, &bits, sizeof v);
+        o[n] = v * sc[n];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
+  m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
   m.def("int4_mm(Tensor x, Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, float scale) -> Tensor");
   m.def(
@@ -914,6 +958,7 @@ TORCH_LIBRARY(llama3_kernels, m) {
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
+  m.impl("scale_columns", &scale_columns);
   m.impl("int4_mm", &int4_mm);
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_decode_attention", &paged_decode_attention);

@@ -71,6 +71,9 @@ def product(
         part = torch.mm(xb, rows(s, e).to(torch.bfloat16).t())
         if scale is None:
             y[:, s:e] = part
-        else:  # bfloat16 times float32 is float32: converted and scaled in one pass
-            torch.mul(part, scale[s:e], out=y[:, s:e])
+        elif kernels.available():  # widened and scaled in one pass
+            torch.ops.llama3_kernels.scale_columns(part, scale[s:e], y[:, s:e])
+        else:  # (PyTorch's mixed-dtype multiply would convert into a temporary first)
+            y[:, s:e] = part
+            y[:, s:e] *= scale[s:e]
     return y
