@@ -894,6 +894,34 @@ at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
   return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
 }
 
+// ---- bfloat16 <-> float32, 8 at a time and one at a time ----
+
+inline __m256 widen8(const uint16_t* a) {
+  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// 8 floats to bfloat16, rounded to nearest even
+inline __m128i narrow8(__m256 v) {
+  __m256i b = _mm256_castps_si256(v);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  b = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  return _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+}
+
+inline uint16_t narrow1(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return static_cast<uint16_t>((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+}
+
+inline float widen1(uint16_t a) {
+  uint32_t b = static_cast<uint32_t>(a) << 16;
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
 // ---- bfloat16 products' outputs widened to float32 and scaled per column, in one pass ----
 // out[m, n] = float(part[m, n]) * scale[n]: a prompt's bfloat16 products (quant.bf16_rows) come
 // back as bfloat16 and their int8 codes' row scales apply per column. PyTorch's mixed-dtype
@@ -921,16 +949,58 @@ void scale_columns(const at::Tensor& part, const at::Tensor& scale, at::Tensor& 
       const uint16_t* a = src + m * N;
       float* o = dst + m * ldo;
       int64_t n = 0;
+      for (; n + 8 <= N; n += 8) _mm256_storeu_ps(o + n, _mm256_mul_ps(widen8(a + n), _mm256_loadu_ps(sc + n)));
+      for (; n < N; ++n) o[n] = widen1(a[n]) * sc[n];
+    }
+  });
+}
+
+// ---- a prompt's SwiGLU from the bfloat16 products of a fused w1/w3 layer ----
+// out[m, n] = bf16(silu(gate[m, n] * gs[n]) * (up[m, n] * us[n])): the gate and up products come
+// back from the bfloat16 GEMM as bfloat16 and w2's product takes bfloat16, so the float32
+// activations (scaled, SiLU, product, each a pass over a fresh matrix) are never written.
+// Rounding to bfloat16 is to nearest even, as PyTorch's conversion. Rows may be strided.
+
+void check_bf16_rows(const at::Tensor& t, int64_t M, int64_t N, const char* what) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == M && t.size(1) == N &&
+                  t.scalar_type() == at::kBFloat16 && t.stride(1) == 1 && t.device().is_cpu(),
+              "swiglu_bf16: ", what, " must be a bfloat16 CPU matrix (", M, ", ", N,
+              ") with unit column stride");
+}
+
+void swiglu_bf16(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& gscale,
+                 const at::Tensor& uscale, at::Tensor& out) {
+  const int64_t M = gate.size(0), N = gate.size(1);
+  check_bf16_rows(gate, M, N, "gate");
+  check_bf16_rows(up, M, N, "up");
+  check_bf16_rows(out, M, N, "out");
+  for (const at::Tensor* s : {&gscale, &uscale})
+    TORCH_CHECK(s->dim() == 1 && s->size(0) == N && s->scalar_type() == at::kFloat &&
+                    s->is_contiguous(),
+                "swiglu_bf16: scales must be contiguous float32 vectors, one per column");
+  auto bits = [](const at::Tensor& t) {
+    return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+  };
+  const uint16_t *g = bits(gate), *u = bits(up);
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const float *gs = gscale.data_ptr<float>(), *us = uscale.data_ptr<float>();
+  const int64_t ldg = gate.stride(0), ldu = up.stride(0), ldo = out.stride(0);
+  at::parallel_for(0, M, std::max<int64_t>(1, 4096 / std::max<int64_t>(N, 1)),
+                   [&](int64_t m0, int64_t m1) {
+    const __m256 one = _mm256_set1_ps(1.f);
+    for (int64_t m = m0; m < m1; ++m) {
+      const uint16_t *gr = g + m * ldg, *ur = u + m * ldu;
+      uint16_t* orow = o + m * ldo;
+      int64_t n = 0;
       for (; n + 8 <= N; n += 8) {
-        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + n)));
-        __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-        _mm256_storeu_ps(o + n, _mm256_mul_ps(v, _mm256_loadu_ps(sc + n)));
+        __m256 a = _mm256_mul_ps(widen8(gr + n), _mm256_loadu_ps(gs + n));
+        __m256 b = _mm256_mul_ps(widen8(ur + n), _mm256_loadu_ps(us + n));
+        __m256 silu = _mm256_div_ps(a, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), a))));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(orow + n), narrow8(_mm256_mul_ps(silu, b)));
       }
       for (; n < N; ++n) {
-        uint32_t bits = static_cast<uint32_t>(a[n]) << 16;
-        float v;
-        std::memcpy(&v, &bits, sizeof v);
-        o[n] = v * sc[n];
+        const float a = widen1(gr[n]) * gs[n], b = widen1(ur[n]) * us[n];
+        orow[n] = narrow1(a / (1.f + std::exp(-a)) * b);
       }
     }
   });
@@ -941,6 +1011,7 @@ void scale_columns(const at::Tensor& part, const at::Tensor& scale, at::Tensor& 
 TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
   m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
+  m.def("swiglu_bf16(Tensor gate, Tensor up, Tensor gscale, Tensor uscale, Tensor(a!) out) -> ()");
   m.def("int4_mm(Tensor x, Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, float scale) -> Tensor");
   m.def(
@@ -959,6 +1030,7 @@ TORCH_LIBRARY(llama3_kernels, m) {
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("scale_columns", &scale_columns);
+  m.impl("swiglu_bf16", &swiglu_bf16);
   m.impl("int4_mm", &int4_mm);
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_decode_attention", &paged_decode_attention);

@@ -94,6 +94,11 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
+            # int8 layers on AMX CPUs: a prompt's SwiGLU stays bfloat16 between the products
+            fused = getattr(self.w13, "prompt_swiglu", None)
+            hidden = fused(x) if fused is not None else None
+            if hidden is not None:
+                return self.w2.float_product(hidden)
             gate, up = self.w13(x).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))

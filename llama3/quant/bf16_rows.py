@@ -61,8 +61,9 @@ def product(
     rows: Callable[[int, int], torch.Tensor],
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x (M, in) float32 times the transpose of the weights whose rows start..stop `rows(start,
-    stop)` gives (any float dtype), times `scale` per output column when given: (M, out) float32."""
+    """x (M, in) float32 or bfloat16 times the transpose of the weights whose rows start..stop
+    `rows(start, stop)` gives (any float dtype), times `scale` per output column when given:
+    (M, out) float32."""
     xb = x.to(torch.bfloat16)
     step = max(1, _SLAB_BYTES // (2 * x.shape[1]))
     y = torch.empty(x.shape[0], out_features, dtype=torch.float32, device=x.device)
@@ -77,3 +78,30 @@ def product(
             y[:, s:e] = part
             y[:, s:e] *= scale[s:e]
     return y
+
+
+def swiglu(
+    x: torch.Tensor, hidden: int, rows: Callable[[int, int], torch.Tensor], scale: torch.Tensor
+) -> torch.Tensor:
+    """silu(x W1^T * s1) * (x W3^T * s3) as bfloat16 (M, hidden), for a fused w1/w3 layer whose
+    rows 0..hidden are W1 and hidden..2 hidden are W3, scaled per row by `scale` (int8 codes).
+    The gate and up products stay bfloat16 and one native pass makes w2's bfloat16 input from
+    them (`llama3_kernels::swiglu_bf16`): the float32 gate/up matrix, the SiLU's and the
+    product's outputs and w2's conversion of its input are never written. Needs the kernels."""
+    xb = x.to(torch.bfloat16)
+    out = torch.empty(x.shape[0], hidden, dtype=torch.bfloat16, device=x.device)
+    step = max(1, _SLAB_BYTES // (4 * x.shape[1]))  # a gate slab and its up slab
+    if step >= hidden:  # one product for both halves
+        part = torch.mm(xb, rows(0, 2 * hidden).to(torch.bfloat16).t())
+        torch.ops.llama3_kernels.swiglu_bf16(
+            part[:, :hidden], part[:, hidden:], scale[:hidden], scale[hidden:], out
+        )
+        return out
+    for s in range(0, hidden, step):
+        e = min(hidden, s + step)
+        gate = torch.mm(xb, rows(s, e).to(torch.bfloat16).t())
+        up = torch.mm(xb, rows(hidden + s, hidden + e).to(torch.bfloat16).t())
+        torch.ops.llama3_kernels.swiglu_bf16(
+            gate, up, scale[s:e], scale[hidden + s : hidden + e], out[:, s:e]
+        )
+    return out

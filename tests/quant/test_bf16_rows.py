@@ -100,3 +100,62 @@ def test_only_quantized_models_prompts_attend_in_bfloat16(tiny, monkeypatch):
     low, full = prompt_logits(True), prompt_logits(False)
     assert not torch.equal(low, full)
     assert _rel(low, full) < 2e-2
+
+
+def test_outputs_widen_and_scale_per_column_exactly():
+    """`scale_columns` (the bfloat16 products' outputs to float32, scaled) is PyTorch's own
+    widening and multiply, bit for bit, into a column slice of a wider matrix."""
+    assert kernels.available(), kernels.unavailable_reason()
+    g = torch.Generator().manual_seed(3)
+    part = torch.randn(37, 203, generator=g).to(torch.bfloat16)
+    scale = torch.rand(203, generator=g)
+    wide = torch.zeros(37, 300)
+    torch.ops.llama3_kernels.scale_columns(part, scale, wide[:, 50:253])
+    assert torch.equal(wide[:, 50:253], part.float() * scale)
+    assert not wide[:, :50].any() and not wide[:, 253:].any()
+
+
+def test_swiglu_kernel_is_pytorchs_silu_times_up_in_bfloat16():
+    """`swiglu_bf16` against PyTorch's float32 SiLU(gate * s1) * (up * s3) rounded to bfloat16:
+    equal but for rare one-step differences (its exponential is not PyTorch's to the last bit),
+    on strided rows, down to SiLU's far tails."""
+    assert kernels.available(), kernels.unavailable_reason()
+    g = torch.Generator().manual_seed(4)
+    both = (torch.randn(90, 2 * 203, generator=g) * 4).to(torch.bfloat16)
+    gate, up = both[:, :203], both[:, 203:]
+    gate[0, :4] = torch.tensor([-120.0, -30.0, 30.0, 120.0]).to(torch.bfloat16)
+    gs, us = torch.rand(203, generator=g) * 2, torch.rand(203, generator=g) * 2
+    gs[:4] = 1.0
+    out = torch.empty(90, 210, dtype=torch.bfloat16)[:, :203]
+    torch.ops.llama3_kernels.swiglu_bf16(gate, up, gs, us, out)
+    ref = torch.nn.functional.silu(gate.float() * gs) * (up.float() * us)
+    got, want = out.float(), ref.to(torch.bfloat16).float()
+    differ = got != want
+    assert differ.float().mean() < 1e-3
+    assert torch.all((got - want).abs()[differ] <= want.abs()[differ] * 2**-7 + 1e-30)
+
+
+def test_fused_feed_forward_equals_the_unfused_one(monkeypatch):
+    """An int8 layer's prompt SwiGLU kept in bfloat16 between its products gives the feed-forward
+    output of the float32 path (each rounds w2's input to bfloat16), also over several slabs."""
+    from llama3.model.transformer import FeedForward
+
+    assert kernels.available(), kernels.unavailable_reason()
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
+    g = torch.Generator().manual_seed(5)
+    ff = FeedForward(64, 160)
+    w1, w3, w2 = (torch.randn(s, generator=g) * 0.1 for s in ((160, 64), (160, 64), (64, 160)))
+    ff.w13 = Int8Linear.from_float(torch.cat([w1, w3]))
+    ff.w2 = Int8Linear.from_float(w2)
+    x = torch.randn(1, bf16_rows.MIN_ROWS + 6, 64, generator=g)
+    with torch.inference_mode():
+        fused = ff(x)
+        hidden = ff.w13.prompt_swiglu(x)
+        assert hidden is not None and hidden.dtype == torch.bfloat16
+        gate, up = ff.w13(x).chunk(2, dim=-1)
+        unfused = ff.w2(torch.nn.functional.silu(gate) * up)
+        assert fused.dtype == torch.float32
+        assert _rel(fused, unfused) < 1e-3
+        monkeypatch.setattr(bf16_rows, "_SLAB_BYTES", 64 * 4 * 24)  # gate/up slabs of 24 rows
+        assert torch.equal(ff(x), fused)
+        assert ff.w13.prompt_swiglu(x[:, :8]) is None  # decode rows keep the float32 kernels
