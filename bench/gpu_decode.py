@@ -43,29 +43,21 @@ from llama3.quant.apply import quantize_model  # noqa: E402
 from llama3.quant.int8 import Int8Linear  # noqa: E402
 from llama3.tokenizer import load_tokenizer  # noqa: E402
 
+#: Meta's Llama-3-8B params.json
+LLAMA3_8B = dict(
+    dim=4096,
+    n_layers=32,
+    n_heads=32,
+    n_kv_heads=8,
+    vocab_size=128256,
+    multiple_of=1024,
+    ffn_dim_multiplier=1.3,
+    rope_theta=500000.0,
+)
 SHAPES = {
-    # Meta's Llama-3-8B params.json
-    "8b": dict(
-        dim=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        vocab_size=128256,
-        multiple_of=1024,
-        ffn_dim_multiplier=1.3,
-        rope_theta=500000.0,
-    ),
+    "8b": LLAMA3_8B,
     # the same with 4 layers: a quick check (a short compile) of the per-token host work
-    "8b-4layers": dict(
-        dim=4096,
-        n_layers=4,
-        n_heads=32,
-        n_kv_heads=8,
-        vocab_size=128256,
-        multiple_of=1024,
-        ffn_dim_multiplier=1.3,
-        rope_theta=500000.0,
-    ),
+    "8b-4layers": {**LLAMA3_8B, "n_layers": 4},
     "tiny": dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128256, multiple_of=64),
 }
 TOKENIZER = Path(__file__).resolve().parents[1] / "llama3" / "assets" / "tokenizer.model"
