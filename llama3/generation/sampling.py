@@ -338,17 +338,16 @@ def sample(probs: Tensor, generators: Sequence[torch.Generator | None] | None = 
 
 
 def _draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One id per row with probability `probs` (unnormalised is fine), by the inverse of its
-    cumulative sum at one uniform number per row: one random number, not one per token as in
-    `torch.multinomial`'s exponential race (0.8 ms of exponentials for a 49k vocabulary on a
-    CPU core), and, unlike `torch.multinomial`, nothing read back from the device. A token of
-    probability 0 is never drawn: the first cumulative sum above u * total is never one that
-    a zero left unchanged, and u * total stays below the total."""
-    cdf = torch.cumsum(probs, dim=-1)
-    total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype)
-    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, x, right=True).squeeze(-1)
+    """One id per row with probability `probs` (unnormalised is fine): the argmax of p / E over
+    exponential noise E = -log U (an exponential race, as `torch.multinomial` draws one sample).
+    Made from uniform numbers, the noise costs a sixth of `exponential_`'s (0.14 against 0.8 ms
+    for a 49k vocabulary on a CPU core), and nothing is read back from the device (multinomial
+    checks its input there first). A race is also stable: a tiny change of the logits (another
+    batch, another kernel) changes the winner only when two tokens nearly tie, where inverting
+    the cumulative sum would move with the rounding of every token before the drawn one. A token
+    of probability 0 never wins (0 / E = 0), nor does U = 0 (E = inf)."""
+    u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    return (probs / u.log_().neg_()).argmax(dim=-1)
 
 
 def greedy(logits: Tensor) -> Tensor:
