@@ -3,10 +3,11 @@
 Every function takes a (batch, vocab) tensor and returns a new one; none modifies its input in place
 (a function whose parameters make it a no-op may return its input tensor itself). Per-row parameters
 are a Python scalar (same for every row), a sequence, or a 1-D tensor of length batch, so one batch
-can mix requests with different settings. Parameters are checked, and every choice that depends on
-them made, on the host: given host parameters, nothing here waits for the device (no value is read
-back from it), so on a GPU the pipelined decode loop queues the next step behind the sampler. Filters on logits drop tokens by setting them to -inf;
-filters on probabilities set them to 0 and renormalise.
+can mix requests with different settings. Filters on logits drop tokens by setting them to -inf;
+filters on probabilities set them to 0 and renormalise. Parameters are checked, and every choice
+that depends on them made, on the host: given host parameters, nothing here waits for the device
+(no value is read back from it), so on a GPU the pipelined decode loop queues the next step
+behind the sampler.
 
 `sample_next` chains the usual pipeline: temperature -> top-k -> softmax -> top-p -> min-p -> draw,
 with temperature 0 meaning greedy for that row. Penalties and logit bias are applied by the caller
