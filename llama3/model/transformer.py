@@ -94,7 +94,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
-            # int8 layers on AMX CPUs: a prompt's SwiGLU stays bfloat16 between the products
+            # quantized layers on AMX CPUs: a prompt's SwiGLU stays bfloat16 between products
             fused = getattr(self.w13, "prompt_swiglu", None)
             hidden = fused(x) if fused is not None else None
             if hidden is not None:

@@ -81,14 +81,20 @@ def product(
 
 
 def swiglu(
-    x: torch.Tensor, hidden: int, rows: Callable[[int, int], torch.Tensor], scale: torch.Tensor
+    x: torch.Tensor,
+    hidden: int,
+    rows: Callable[[int, int], torch.Tensor],
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """silu(x W1^T * s1) * (x W3^T * s3) as bfloat16 (M, hidden), for a fused w1/w3 layer whose
-    rows 0..hidden are W1 and hidden..2 hidden are W3, scaled per row by `scale` (int8 codes).
+    rows 0..hidden are W1 and hidden..2 hidden are W3, scaled per row by `scale` (int8 codes;
+    None: the rows are the weights).
     The gate and up products stay bfloat16 and one native pass makes w2's bfloat16 input from
     them (`llama3_kernels::swiglu_bf16`): the float32 gate/up matrix, the SiLU's and the
     product's outputs and w2's conversion of its input are never written. Needs the kernels."""
     xb = x.to(torch.bfloat16)
+    if scale is None:
+        scale = torch.ones(2 * hidden, device=x.device)
     out = torch.empty(x.shape[0], hidden, dtype=torch.bfloat16, device=x.device)
     step = max(1, _SLAB_BYTES // (4 * x.shape[1]))  # a gate slab and its up slab
     if step >= hidden:  # one product for both halves
@@ -105,3 +111,41 @@ def swiglu(
             gate, up, scale[s:e], scale[hidden + s : hidden + e], out[:, s:e]
         )
     return out
+
+
+class PromptProducts:
+    """What a quantized linear layer offers the feed-forward on this path (`FeedForward` asks):
+    as a fused w1/w3 layer, a prompt's SwiGLU in bfloat16 (`swiglu`); as w2, its product of that
+    bfloat16 input in float32. Layers say how their rows reach bfloat16 (`_prompt_rows`)."""
+
+    in_features: int
+    out_features: int
+
+    def _prompt_rows(
+        self,
+    ) -> tuple[Callable[[int, int], torch.Tensor], torch.Tensor | None] | None:
+        """(rows(start, stop) in a float dtype, per-row scale or None), or None where the
+        native kernels cannot serve this layer."""
+        raise NotImplementedError
+
+    def prompt_swiglu(self, x: torch.Tensor) -> torch.Tensor | None:
+        """silu(gate) * up as bfloat16 for a prompt chunk this path takes, this layer being a fused
+        w1/w3 (gate rows, then up rows); None elsewhere (the caller runs the float32 path)."""
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32 or not applies(x2):
+            return None
+        how = self._prompt_rows()
+        if how is None:
+            return None
+        h = swiglu(x2.contiguous(), self.out_features // 2, *how)
+        return h.reshape(*x.shape[:-1], -1)
+
+    def float_product(self, x: torch.Tensor) -> torch.Tensor:
+        """This layer's product of a bfloat16 `x` (`prompt_swiglu`'s output) in float32, which
+        must not round to bfloat16 again; other inputs go through the layer's forward."""
+        x2 = x.reshape(-1, self.in_features)
+        how = self._prompt_rows() if x2.dtype == torch.bfloat16 and applies(x2) else None
+        if how is None:
+            return self(x.float())
+        y = product(x2, self.out_features, *how)
+        return y.reshape(*x.shape[:-1], self.out_features)

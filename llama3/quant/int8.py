@@ -110,7 +110,7 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(bf16_rows.PromptProducts, nn.Module):
     """A bias-free linear layer holding int8 weights with one float scale per output row."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor) -> None:
@@ -158,30 +158,10 @@ class Int8Linear(nn.Module):
         y = y.reshape(*shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
-    def prompt_swiglu(self, x: torch.Tensor) -> torch.Tensor | None:
-        """For a fused w1/w3 layer (gate rows, then up rows): silu(gate) * up as bfloat16, for a
-        prompt chunk that takes the bfloat16 path (`bf16_rows.swiglu`); None elsewhere."""
-        x2 = x.reshape(-1, self.in_features)
-        if (
-            self._key is not None
-            or x2.dtype != torch.float32
-            or not bf16_rows.applies(x2)
-            or not kernels.available()
-        ):
+    def _prompt_rows(self):
+        if self._key is not None or self.codes.device.type != "cpu" or not kernels.available():
             return None
-        h = bf16_rows.swiglu(
-            x2.contiguous(), self.out_features // 2, lambda s, e: self.codes[s:e], self.scale
-        )
-        return h.reshape(*x.shape[:-1], -1)
-
-    def float_product(self, x: torch.Tensor) -> torch.Tensor:
-        """The product in float32 for a bfloat16 `x` on the bfloat16 path (`prompt_swiglu`'s
-        output into w2), whose result must not be rounded to bfloat16 again; else `forward`."""
-        x2 = x.reshape(-1, self.in_features)
-        if self._key is not None or x2.dtype != torch.bfloat16 or not bf16_rows.applies(x2):
-            return self(x.float())
-        y = bf16_rows.product(x2, self.out_features, lambda s, e: self.codes[s:e], self.scale)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return (lambda s, e: self.codes[s:e]), self.scale
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         n = x2.shape[0]

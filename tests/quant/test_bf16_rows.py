@@ -3,6 +3,7 @@ taken only by many-row products on such CPUs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llama3 import kernels
@@ -135,9 +136,11 @@ def test_swiglu_kernel_is_pytorchs_silu_times_up_in_bfloat16():
     assert torch.all((got - want).abs()[differ] <= want.abs()[differ] * 2**-7 + 1e-30)
 
 
-def test_fused_feed_forward_equals_the_unfused_one(monkeypatch):
-    """An int8 layer's prompt SwiGLU kept in bfloat16 between its products gives the feed-forward
-    output of the float32 path (each rounds w2's input to bfloat16), also over several slabs."""
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_fused_feed_forward_equals_the_unfused_one(monkeypatch, scheme):
+    """A quantized layer's prompt SwiGLU kept in bfloat16 between its products gives the
+    feed-forward output of the float32 path (each rounds w2's input to bfloat16), also over
+    several slabs."""
     from llama3.model.transformer import FeedForward
 
     assert kernels.available(), kernels.unavailable_reason()
@@ -145,8 +148,8 @@ def test_fused_feed_forward_equals_the_unfused_one(monkeypatch):
     g = torch.Generator().manual_seed(5)
     ff = FeedForward(64, 160)
     w1, w3, w2 = (torch.randn(s, generator=g) * 0.1 for s in ((160, 64), (160, 64), (64, 160)))
-    ff.w13 = Int8Linear.from_float(torch.cat([w1, w3]))
-    ff.w2 = Int8Linear.from_float(w2)
+    make = Int8Linear.from_float if scheme == "int8" else Int4Linear.from_float
+    ff.w13, ff.w2 = make(torch.cat([w1, w3])), make(w2)
     x = torch.randn(1, bf16_rows.MIN_ROWS + 6, 64, generator=g)
     with torch.inference_mode():
         fused = ff(x)
@@ -159,3 +162,15 @@ def test_fused_feed_forward_equals_the_unfused_one(monkeypatch):
         monkeypatch.setattr(bf16_rows, "_SLAB_BYTES", 64 * 4 * 24)  # gate/up slabs of 24 rows
         assert torch.equal(ff(x), fused)
         assert ff.w13.prompt_swiglu(x[:, :8]) is None  # decode rows keep the float32 kernels
+
+
+def test_int4_rows_reach_bfloat16_as_the_eager_dequantization_does():
+    """`int4_rows_bf16` (packed int4 rows straight to bfloat16) equals the eager path's float32
+    dequantization rounded to bfloat16, bit for bit, for every group size and a row slice."""
+    assert kernels.available(), kernels.unavailable_reason()
+    w = torch.randn(70, 256, generator=torch.Generator().manual_seed(6))
+    for group in (32, 64, 128):
+        layer = Int4Linear.from_float(w, group)
+        want = layer._dequantize_rows(0, 70, layer._slab(70)).to(torch.bfloat16)
+        assert torch.equal(layer._bf16_rows(0, 70), want)
+        assert torch.equal(layer._bf16_rows(20, 45), want[20:45])
