@@ -5,8 +5,10 @@ The source is compiled once per (source, torch version, compiler flags, CPU) wit
 compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 products use
 AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
-`decode_attention`, `paged_decode_attention`, `decode_layer`, `paged_decode_layer` and
-`scale_columns` (bfloat16 products widened and scaled per column).
+`decode_attention`, `paged_decode_attention`, `decode_layer`, `paged_decode_layer`, and for
+prompts' bfloat16 products (`quant.bf16_rows`) `scale_columns` (outputs widened and scaled per
+column), `swiglu_bf16` (a fused w1/w3's SwiGLU in bfloat16) and `int4_rows_bf16` (int4 rows
+dequantized to bfloat16).
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """

@@ -95,10 +95,12 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
             # quantized layers on AMX CPUs: a prompt's SwiGLU stays bfloat16 between products
-            fused = getattr(self.w13, "prompt_swiglu", None)
-            hidden = fused(x) if fused is not None else None
-            if hidden is not None:
-                return self.w2.float_product(hidden)
+            if isinstance(self.w13, bf16_rows.PromptProducts) and isinstance(
+                self.w2, bf16_rows.PromptProducts
+            ):
+                hidden = self.w13.prompt_swiglu(x)
+                if hidden is not None:
+                    return self.w2.float_product(hidden)
             gate, up = self.w13(x).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
