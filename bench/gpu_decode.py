@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other bench scripts
 
-import llama3.generation.sampling as sampling  # noqa: E402
-import llama3.generation.sequence_state as sequence_state  # noqa: E402
+from sampled_decode import sampler_at, stream_rate  # noqa: E402
+
 from llama3.bench.bandwidth import read_bandwidth  # noqa: E402
 from llama3.bench.ours import weight_bytes_per_token  # noqa: E402
 from llama3.config import ModelArgs  # noqa: E402
@@ -287,17 +288,8 @@ def measure(
     if baseline_sampler is not None:  # the same loop with the sampler of another revision
         cases.append(("decode_sampled_baseline", sampled, baseline_sampler))
     for key, params, sampler in cases:
-        rates = []
-        sequence_state.sampling = sampler or sampling
-        try:
-            for _ in range(runs + 1):  # the first run warms the eager prefill up
-                stamps = []
-                t0 = time.perf_counter()
-                for _ in llm.stream([prompt], params):
-                    stamps.append(time.perf_counter() - t0)
-                rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        finally:
-            sequence_state.sampling = sampling
+        # the first run warms the eager prefill up
+        rates = [stream_rate(llm, prompt, params, sampler) for _ in range(runs + 1)]
         out[f"{key}_tok_s"] = statistics.median(rates[1:])
         out[f"{key}_tok_s_min_max"] = [min(rates[1:]), max(rates[1:])]
     return out
@@ -379,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "The quick brown fox jumps over the lazy dog. " * 2, bos=True, eos=False
     )
 
-    baseline = None
-    if a.sampler_baseline:
-        from sampled_decode import sampler_at  # bench/, beside this script
-
-        baseline = sampler_at(a.sampler_baseline)
+    baseline = sampler_at(a.sampler_baseline) if a.sampler_baseline else None
     f32 = None
     if a.float32_check:
         try:

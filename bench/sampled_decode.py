@@ -45,6 +45,25 @@ def sampler_at(ref: str) -> types.ModuleType:
     return module
 
 
+def stream_rate(
+    llm: Llama,
+    prompt: list[int],
+    params: SamplingParams,
+    sampler: types.ModuleType | None = None,
+) -> float:
+    """Tokens per second of one `Llama.stream` generation after its first token, drawn with
+    `sampler` (a `sampler_at` module) in place of the current sampling module when given."""
+    sequence_state.sampling = sampler or sampling
+    try:
+        stamps = []
+        t0 = time.perf_counter()
+        for _ in llm.stream([prompt], params):
+            stamps.append(time.perf_counter() - t0)
+    finally:
+        sequence_state.sampling = sampling
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="default: the built-in model")
@@ -60,24 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     greedy = SamplingParams(max_tokens=a.new_tokens, temperature=0.0, ignore_eos=True)
     sampled = SamplingParams(max_tokens=a.new_tokens, seed=0, ignore_eos=True)
 
-    def rate(params: SamplingParams) -> float:
-        stamps = []
-        t0 = time.perf_counter()
-        for _ in llm.stream([prompt], params):
-            stamps.append(time.perf_counter() - t0)
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
     samplers = {"sampled": sampling}
     if a.baseline:
         samplers[f"sampled@{a.baseline}"] = sampler_at(a.baseline)
-    rate(greedy)  # warm-up
+    stream_rate(llm, prompt, greedy)  # warm-up
     rates: dict[str, list[float]] = {"greedy": [], **{k: [] for k in samplers}}
     for _ in range(a.runs):
-        rates["greedy"].append(rate(greedy))
+        rates["greedy"].append(stream_rate(llm, prompt, greedy))
         for name, module in samplers.items():
-            sequence_state.sampling = module
-            rates[name].append(rate(sampled))
-        sequence_state.sampling = sampling
+            rates[name].append(stream_rate(llm, prompt, sampled, module))
     print(f"decode tok/s, median of {a.runs} (min-max), vocabulary {llm.model.params.vocab_size}")
     for name, values in rates.items():
         med = statistics.median(values)
