@@ -5,7 +5,8 @@ The source is compiled once per (source, torch version, compiler flags, CPU) wit
 compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 products use
 AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
-`decode_attention`, `paged_decode_attention`, `decode_layer`, `paged_decode_layer`, and for
+`decode_attention`, `paged_decode_attention`, `decode_layers`, `paged_decode_layers` (a whole
+stack of decoder layers), and for
 prompts' bfloat16 products (`quant.bf16_rows`) `scale_columns` (outputs widened and scaled per
 column), `swiglu_bf16` (a fused w1/w3's SwiGLU in bfloat16) and `int4_rows_bf16` (int4 rows
 dequantized to bfloat16).
@@ -152,11 +153,11 @@ def _register_fakes() -> None:
     def _(q, k, v, slots, lengths, scale):
         return q.new_empty(q.shape)
 
-    @torch.library.register_fake("llama3_kernels::decode_layer")
+    @torch.library.register_fake("llama3_kernels::decode_layers")
     def _(x, *args):
         return x.new_empty(x.shape)
 
-    @torch.library.register_fake("llama3_kernels::paged_decode_layer")
+    @torch.library.register_fake("llama3_kernels::paged_decode_layers")
     def _(x, *args):
         return x.new_empty(x.shape)
 

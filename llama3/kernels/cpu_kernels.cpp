@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -34,6 +35,39 @@ constexpr int64_t kColBlock = 4;    // weight rows per pass for a single activat
 constexpr int64_t kPrefetch = 9216;
 // int8: per flush a lane adds 2048/32 * 4 products of at most 128*32767: < 2^31
 constexpr int64_t kFlush = 2048;
+
+// The threads of one parallel region, each taking its share of every phase of a decode step: a
+// whole stack of layers runs in one region with a barrier between phases, where a region per
+// product and per attention (five a layer) cost ~12 us of a layer's ~170 us on a 2-core machine.
+struct Team {
+  int64_t t = 0, T = 1;
+  // thread t's share [lo, hi) of n items, in whole units of `unit` items
+  std::pair<int64_t, int64_t> share(int64_t n, int64_t unit) const {
+    const int64_t units = (n + unit - 1) / unit;
+    return {std::min(n, units * t / T * unit), std::min(n, units * (t + 1) / T * unit)};
+  }
+  void sync() const {
+    if (T > 1) {
+#pragma omp barrier
+    }
+  }
+};
+
+// Runs f(i0, i1) over [0, n): across the pool's threads in pieces of at least `grain` items, or,
+// inside a team's region (team non-null), over this thread's share (as many threads as pieces).
+template <typename F>
+void split(int64_t n, int64_t grain, const Team* team, const F& f) {
+  if (team == nullptr) return at::parallel_for(0, n, grain, f);
+  const int64_t parts = std::min(team->T, (n + grain - 1) / grain);
+  if (team->t < parts) f(n * team->t / parts, n * (team->t + 1) / parts);
+}
+
+// The weight rows [lo, hi) a product computes: all of them across the pool's threads, or one
+// thread's share inside a team's region.
+struct Span {
+  int64_t lo, hi;
+  const Team* team = nullptr;
+};
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -93,22 +127,23 @@ struct Int16Rows {
 };
 
 // Runs dot(R, C, m, n, out) for every block of R <= kRowBlock activation rows m.. and C weight
-// rows n.. (C = kColBlock for a single row where the kernel supports it, else 1; out[r * C + c]),
-// tasks over blocks of kOutBlock weight rows, and stores out * step[m + r] * row_scale(n + c).
+// rows n.. of the span (C = kColBlock for a single row where the kernel supports it, else 1;
+// out[r * C + c]), tasks over blocks of kOutBlock weight rows, and stores out * step[m + r] *
+// row_scale(n + c) into y (row stride N).
 // A single activation row takes weight rows four at a time: a decoded token is one row, and per
 // weight row its loop is only K / 32 steps, so the per-row reduction and stores would dominate.
 template <int MaxC, typename Dot, typename RowScale>
-void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScale row_scale) {
-  const int64_t blocks = (N + kOutBlock - 1) / kOutBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScale row_scale,
+           Span span) {
+  auto rows = [&](int64_t lo, int64_t hi) {
     float out[kRowBlock * kColBlock];
     auto store = [&](int64_t m, int64_t r, int64_t n, int64_t c) {
       for (int64_t i = 0; i < r; ++i)
         for (int64_t j = 0; j < c; ++j)
           y[(m + i) * N + n + j] = out[i * c + j] * xq.step[m + i] * row_scale(n + j);
     };
-    for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kOutBlock) {
-      const int64_t n1 = std::min(N, n0 + kOutBlock);
+    for (int64_t n0 = lo; n0 < hi; n0 += kOutBlock) {
+      const int64_t n1 = std::min(hi, n0 + kOutBlock);
       for (int64_t m = 0; m < M; m += kRowBlock) {
         const int64_t r = std::min(kRowBlock, M - m);
         int64_t n = n0;
@@ -131,6 +166,11 @@ void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScal
         }
       }
     }
+  };
+  if (span.team) return rows(span.lo, span.hi);
+  const int64_t blocks = (span.hi - span.lo + kOutBlock - 1) / kOutBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    rows(span.lo + b0 * kOutBlock, std::min(span.hi, span.lo + b1 * kOutBlock));
   });
 }
 
@@ -227,18 +267,24 @@ inline void int8_dot(const int16_t* x, int64_t K, const int8_t* w, float* out) {
   hsum_all(g, out);
 }
 
-// y (M, N) = x (M, K) times the int8 weights' transpose; K a multiple of 32.
-void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, const float* scale,
-                  int64_t N, float* y) {
-  if (M == 0 || N == 0) return;
-  const Int16Rows xq(x, M, K, kInt8Layout);
+// The span's columns of y (M, N) = xq (M, K) times the int8 weights' transpose; K a multiple of 32.
+void int8_rows(const Int16Rows& xq, const int8_t* codes, const float* scale, int64_t N, float* y,
+               Span span) {
+  const int64_t M = xq.step.size(), K = xq.K;
+  if (M == 0 || span.lo >= span.hi) return;
   tiled<kColBlock>(
       M, N, xq, y,
       [&](auto R, auto C, int64_t m, int64_t n, float* out) {
         int8_dot<decltype(R)::value, decltype(C)::value>(xq.q.data() + m * K, K, codes + n * K,
                                                          out);
       },
-      [&](int64_t n) { return scale[n]; });
+      [&](int64_t n) { return scale[n]; }, span);
+}
+
+void int8_product(const float* x, int64_t M, int64_t K, const int8_t* codes, const float* scale,
+                  int64_t N, float* y) {
+  if (M == 0 || N == 0) return;
+  int8_rows(Int16Rows(x, M, K, kInt8Layout), codes, scale, N, y, {0, N});
 }
 
 void check_int8(const at::Tensor& codes, const at::Tensor& scale, int64_t K, const char* what) {
@@ -411,24 +457,35 @@ inline void int4_dot32_wide(const int16_t*, const float*, int64_t, const uint8_t
                             const float*, float*) {}
 #endif
 
-// y (M, N) = x (M, K) times the int4 weights' transpose; group a multiple of 32 dividing K.
-void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,
-                  const float* zp, int64_t group, int64_t N, float* y) {
-  if (M == 0 || N == 0) return;
-  const int64_t groups = K / group;
-  const bool wide = kWideInt4 && group == 32;
-  const Int16Rows xq(x, M, K, wide ? Layout::Pairs64 : Layout::Pairs32);
-  std::vector<float> xsum(M * groups);  // per row and group: the sum of its int16 activations
+// int4 activations' layout: the wide AVX-512 kernel's for group 32 where it is built
+inline Layout int4_layout(int64_t group) {
+  return kWideInt4 && group == 32 ? Layout::Pairs64 : Layout::Pairs32;
+}
+
+// per row and group: the sum of its int16 activations (for the zeros' share)
+std::vector<float> group_sums(const Int16Rows& xq, int64_t group) {
+  const int64_t M = xq.step.size(), groups = xq.K / group;
+  std::vector<float> xsum(M * groups);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < groups; ++g) {
       int64_t s = 0;
       for (int64_t k = g * group; k < (g + 1) * group; ++k) s += xq.at(m, k);
       xsum[m * groups + g] = static_cast<float>(s);
     }
+  return xsum;
+}
+
+// The span's columns of y (M, N) = xq (M, K) times the int4 weights' transpose; group a multiple
+// of 32 dividing K; xq in int4_layout(group), xsum its group_sums.
+void int4_rows(const Int16Rows& xq, const float* xsum, const uint8_t* wp, const float* sp,
+               const float* zp, int64_t group, int64_t N, float* y, Span span) {
+  const int64_t M = xq.step.size(), K = xq.K, groups = K / group;
+  if (M == 0 || span.lo >= span.hi) return;
+  const bool wide = kWideInt4 && group == 32;
   auto dot = [&](auto R, auto C, int64_t m, int64_t n, float* out) {
     constexpr int r = decltype(R)::value, c = decltype(C)::value;
     const int16_t* xr = xq.q.data() + m * K;
-    const float* xs = xsum.data() + m * groups;
+    const float* xs = xsum + m * groups;
     const uint8_t* w = wp + n * (K / 2);
     if constexpr (kWideInt4) {
       if (wide) return int4_dot32_wide<r, c>(xr, xs, K, w, sp + n * groups, zp + n * groups, out);
@@ -442,10 +499,24 @@ void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const
   };
   auto unit = [](int64_t) { return 1.f; };
   if (wide)
-    tiled<kColBlock>(M, N, xq, y, dot, unit);
+    tiled<kColBlock>(M, N, xq, y, dot, unit, span);
   else
-    tiled<1>(M, N, xq, y, dot, unit);
+    tiled<1>(M, N, xq, y, dot, unit, span);
 }
+
+void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,
+                  const float* zp, int64_t group, int64_t N, float* y) {
+  if (M == 0 || N == 0) return;
+  const Int16Rows xq(x, M, K, int4_layout(group));
+  int4_rows(xq, group_sums(xq, group).data(), wp, sp, zp, group, N, y, {0, N});
+}
+
+// A product's input: activation rows on int16 grids in the layout its kernel reads, and for int4
+// each row's group sums.
+struct ProjInput {
+  Int16Rows xq;
+  std::vector<float> xsum;
+};
 
 // One projection's weights, int8 (codes int8 (N, K), scale (N)) or int4 (codes uint8 (N, K / 2),
 // scale and zero (N, K / group)), checked once.
@@ -454,11 +525,22 @@ struct Proj {
   const float *scale, *zero;
   int64_t N, group;  // group 0: int8
 
-  void product(const float* x, int64_t M, int64_t K, float* y) const {
+  ProjInput input(const float* x, int64_t M, int64_t K) const {
+    if (group == 0) return {Int16Rows(x, M, K, kInt8Layout), {}};
+    Int16Rows xq(x, M, K, int4_layout(group));
+    std::vector<float> xsum = group_sums(xq, group);
+    return {std::move(xq), std::move(xsum)};
+  }
+  // the span's columns of y (rows of the input, N)
+  void rows(const ProjInput& in, float* y, Span span) const {
     if (group == 0)
-      int8_product(x, M, K, static_cast<const int8_t*>(codes), scale, N, y);
+      int8_rows(in.xq, static_cast<const int8_t*>(codes), scale, N, y, span);
     else
-      int4_product(x, M, K, static_cast<const uint8_t*>(codes), scale, zero, group, N, y);
+      int4_rows(in.xq, in.xsum.data(), static_cast<const uint8_t*>(codes), scale, zero, group, N,
+                y, span);
+  }
+  void product(const float* x, int64_t M, int64_t K, float* y) const {
+    rows(input(x, M, K), y, {0, N});
   }
 };
 
@@ -632,11 +714,12 @@ inline int64_t attention_grain(int64_t L, int64_t D) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, L * D));
 }
 
-// out (B, H, D) = softmax(q k^T * sc) v over keys 0..L-1 of the cache rows (B.., KV, S, D).
+// out (B, H, D) = softmax(q k^T * sc) v over keys 0..L-1 of the cache rows (B.., KV, S, D),
+// across the pool's threads or this team thread's share of the (row, head) tasks.
 void attend(const float* qp, const float* kp, const float* vp, int64_t B, int64_t H, int64_t KV,
-            int64_t S, int64_t D, int64_t L, float sc, float* op) {
+            int64_t S, int64_t D, int64_t L, float sc, float* op, const Team* team = nullptr) {
   const int64_t group = H / KV;
-  at::parallel_for(0, B * H, attention_grain(L, D), [&](int64_t t0, int64_t t1) {
+  split(B * H, attention_grain(L, D), team, [&](int64_t t0, int64_t t1) {
     std::vector<float> p(L);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t kv = (t / H * KV + t % H / group) * S * D;
@@ -646,16 +729,20 @@ void attend(const float* qp, const float* kp, const float* vp, int64_t B, int64_
   });
 }
 
+// The one position every row of a contiguous cache is at (read without a dispatcher call).
+int64_t position(const at::Tensor& pos, const char* what) {
+  TORCH_CHECK(pos.numel() == 1 && pos.device().is_cpu(), what, ": one position for every row");
+  return pos.scalar_type() == at::kLong ? *pos.data_ptr<int64_t>() : pos.item<int64_t>();
+}
+
 void check_cache(const at::Tensor& k, const at::Tensor& v, int64_t B, int64_t H, int64_t D,
-                 const at::Tensor& pos, const char* what) {
+                 int64_t at, const char* what) {
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous() &&
                   k.device().is_cpu() && v.device().is_cpu(),
               what, ": k and v must be contiguous float32 CPU tensors (batch, kv_heads, seq, head_dim)");
   TORCH_CHECK(k.size(0) >= B && k.size(3) == D && H % k.size(1) == 0 && D % 8 == 0,
               what, ": q and the cache disagree (rows, head_dim or head groups)");
-  TORCH_CHECK(pos.numel() == 1, what, ": one position for every row");
-  const int64_t at = pos.item<int64_t>();
   TORCH_CHECK(at >= 0 && at < k.size(2), what, ": position ", at, " outside the cache");
 }
 
@@ -664,11 +751,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.scalar_type() == at::kFloat && q.device().is_cpu(),
               "decode_attention: q must be float32 on the CPU (batch, heads, 1, head_dim)");
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
-  check_cache(k, v, B, H, D, pos, "decode_attention");
+  const int64_t at = position(pos, "decode_attention");
+  check_cache(k, v, B, H, D, at, "decode_attention");
   const at::Tensor qc = q.contiguous();
   at::Tensor out = at::empty({B, H, 1, D}, q.options());
   attend(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), B, H, k.size(1),
-         k.size(2), D, pos.item<int64_t>() + 1, static_cast<float>(scale), out.data_ptr<float>());
+         k.size(2), D, at + 1, static_cast<float>(scale), out.data_ptr<float>());
   return out;
 }
 
@@ -679,8 +767,9 @@ struct ContiguousCache {
   int64_t KV, S, D, at;
   float* key_row(int64_t b, int64_t j) const { return k + ((b * KV + j) * S + at) * D; }
   float* value_row(int64_t b, int64_t j) const { return v + ((b * KV + j) * S + at) * D; }
-  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out) const {
-    attend(q, k, v, B, H, KV, S, D, at + 1, sc, out);
+  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out,
+                   const Team* team = nullptr) const {
+    attend(q, k, v, B, H, KV, S, D, at + 1, sc, out, team);
   }
 };
 
@@ -693,9 +782,10 @@ struct PagedCache {
   int64_t width, longest;
   float* key_row(int64_t b, int64_t j) const { return k + (slot[b] * KV + j) * D; }
   float* value_row(int64_t b, int64_t j) const { return v + (slot[b] * KV + j) * D; }
-  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out) const {
+  void attend_rows(const float* q, int64_t B, int64_t H, float sc, float* out,
+                   const Team* team = nullptr) const {
     const int64_t group = H / KV;
-    at::parallel_for(0, B * H, attention_grain(longest, D), [&](int64_t t0, int64_t t1) {
+    split(B * H, attention_grain(longest, D), team, [&](int64_t t0, int64_t t1) {
       std::vector<float> p(longest);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = t / H, j = t % H / group;
@@ -754,11 +844,13 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, cons
   return out;
 }
 
-// ---- one decoder layer for one new token per row (int8 weights, contiguous cache) ----
-// x (B, dim) -> x + attention + feed-forward, as TransformerBlock computes it: RMSNorm, q/k/v in
-// one product, RoPE on adjacent pairs, this position's keys/values written into the cache,
-// attention over keys 0..pos, wo; RMSNorm, w1/w3 in one product, SiLU(gate) * up, w2. One call
-// instead of ~9 (each a few microseconds of dispatch around little work).
+// ---- a stack of decoder layers for one new token per row (int8/int4 weights) ----
+// x (B, dim) -> x after every layer, each as TransformerBlock computes it: RMSNorm, q/k/v in one
+// product, RoPE on adjacent pairs, this position's keys/values written into the cache, attention
+// over the keys so far, wo; RMSNorm, w1/w3 in one product, SiLU(gate) * up, w2. The whole stack
+// is one call and one parallel region (instead of ~9 operator calls a layer, each a few
+// microseconds of dispatch around little work); its threads split every product by weight rows
+// and meet at a barrier where the next phase needs all of the last one's output.
 
 void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t K, float* out) {
   for (int64_t m = 0; m < M; ++m) {
@@ -794,104 +886,179 @@ LayerWeights layer_weights(const at::Tensor& x, const at::Tensor& attn_norm,
                            int64_t KV, int64_t D) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() &&
                   x.device().is_cpu(),
-              "decode_layer: x must be a contiguous float32 (rows, dim) CPU matrix");
-  TORCH_CHECK(parts.size() == 12, "decode_layer: proj holds codes, scale, zero of 4 projections");
+              "decode_layers: x must be a contiguous float32 (rows, dim) CPU matrix");
+  TORCH_CHECK(parts.size() == 12, "decode_layers: proj holds codes, scale, zero of 4 projections");
   const int64_t dim = x.size(1), F = parts[6].size(0) / 2;
-  const Proj wqkv = proj(parts[0], parts[1], parts[2], dim, "decode_layer wqkv");
-  const Proj wo = proj(parts[3], parts[4], parts[5], H * D, "decode_layer wo");
-  const Proj w13 = proj(parts[6], parts[7], parts[8], dim, "decode_layer w13");
-  const Proj w2 = proj(parts[9], parts[10], parts[11], F, "decode_layer w2");
+  const Proj wqkv = proj(parts[0], parts[1], parts[2], dim, "decode_layers wqkv");
+  const Proj wo = proj(parts[3], parts[4], parts[5], H * D, "decode_layers wo");
+  const Proj w13 = proj(parts[6], parts[7], parts[8], dim, "decode_layers w13");
+  const Proj w2 = proj(parts[9], parts[10], parts[11], F, "decode_layers w2");
   TORCH_CHECK(wqkv.N == (H + 2 * KV) * D && wo.N == dim && w2.N == dim,
-              "decode_layer: projection shapes disagree with the heads and dim");
+              "decode_layers: projection shapes disagree with the heads and dim");
   for (const at::Tensor* t : {&attn_norm, &ffn_norm})
     TORCH_CHECK(t->numel() == dim && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "decode_layer: norm weights must be contiguous float32 of size dim");
+                "decode_layers: norm weights must be contiguous float32 of size dim");
   return {attn_norm.data_ptr<float>(), ffn_norm.data_ptr<float>(), static_cast<float>(eps),
           wqkv, wo, w13, w2, F};
-}
-
-// cos/sin: (B, D/2), each row's angles.
-template <typename Cache>
-at::Tensor layer(const at::Tensor& x, const LayerWeights& w, const float* cos, const float* sin,
-                 const Cache& cache, int64_t H, int64_t KV, int64_t D) {
-  const int64_t B = x.size(0), dim = x.size(1), F = w.F, QKV = (H + 2 * KV) * D;
-  std::vector<float> xn(B * dim), qkv(B * QKV), q(B * H * D), attn(B * H * D), y(B * dim),
-      g(B * 2 * F), act(B * F);
-  at::Tensor out = at::empty({B, dim}, x.options());
-  const float* xp = x.data_ptr<float>();
-  float* hp = out.data_ptr<float>();
-
-  rms_norm(xp, w.attn_norm, w.eps, B, dim, xn.data());
-  w.wqkv.product(xn.data(), B, dim, qkv.data());
-  for (int64_t b = 0; b < B; ++b) {
-    float* r = qkv.data() + b * QKV;
-    rope(r, H + KV, D, cos + b * D / 2, sin + b * D / 2);  // q and k heads
-    std::copy(r, r + H * D, q.data() + b * H * D);
-    for (int64_t j = 0; j < KV; ++j) {
-      std::copy(r + (H + j) * D, r + (H + j + 1) * D, cache.key_row(b, j));
-      std::copy(r + (H + KV + j) * D, r + (H + KV + j + 1) * D, cache.value_row(b, j));
-    }
-  }
-  cache.attend_rows(q.data(), B, H, 1.f / std::sqrt(static_cast<float>(D)), attn.data());
-  w.wo.product(attn.data(), B, H * D, y.data());
-  for (int64_t i = 0; i < B * dim; ++i) hp[i] = xp[i] + y[i];
-
-  rms_norm(hp, w.ffn_norm, w.eps, B, dim, xn.data());
-  w.w13.product(xn.data(), B, dim, g.data());
-  for (int64_t b = 0; b < B; ++b) {
-    const float* gate = g.data() + b * 2 * F;
-    const float* up = gate + F;
-    float* a = act.data() + b * F;
-    int64_t i = 0;
-    for (; i + 8 <= F; i += 8) {  // silu(gate) * up = gate * up / (1 + e^-gate)
-      const __m256 gv = _mm256_loadu_ps(gate + i);
-      const __m256 den =
-          _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
-      _mm256_storeu_ps(a + i, _mm256_div_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(up + i)), den));
-    }
-    for (; i < F; ++i) a[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
-  }
-  w.w2.product(act.data(), B, F, y.data());
-  for (int64_t i = 0; i < B * dim; ++i) hp[i] += y[i];
-  return out;
 }
 
 void check_angles(const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64_t D) {
   for (const at::Tensor* t : {&cos, &sin})
     TORCH_CHECK(t->numel() == B * D / 2 && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "decode_layer: cos and sin must be contiguous float32 (rows, head_dim / 2)");
+                "decode_layers: cos and sin must be contiguous float32 (rows, head_dim / 2)");
 }
 
-at::Tensor decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
-                        const at::Tensor& ffn_norm, double eps, at::TensorList proj,
-                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& k_cache,
-                        const at::Tensor& v_cache, const at::Tensor& pos, int64_t n_heads) {
-  const int64_t B = x.size(0), H = n_heads, D = k_cache.size(3), KV = k_cache.size(1);
-  check_cache(k_cache, v_cache, B, H, D, pos, "decode_layer");
+// act[b, i] = silu(gate) * up = gate * up / (1 + e^-gate) for i in [i0, i1); g's rows hold the
+// gate then the up values (2F). i0 a multiple of 8: a value's arithmetic never depends on the
+// split.
+void swiglu_rows(const float* g, float* act, int64_t B, int64_t F, int64_t i0, int64_t i1) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* gate = g + b * 2 * F;
+    const float* up = gate + F;
+    float* a = act + b * F;
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+      const __m256 gv = _mm256_loadu_ps(gate + i);
+      const __m256 den =
+          _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv)));
+      _mm256_storeu_ps(a + i, _mm256_div_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(up + i)), den));
+    }
+    for (; i < i1; ++i) a[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+  }
+}
+
+// h[b, n] += y[b, n] for the columns n in [n0, n1) of (B, dim) matrices
+void add_columns(float* h, const float* y, int64_t B, int64_t dim, int64_t n0, int64_t n1) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t n = n0; n < n1; ++n) h[b * dim + n] += y[b * dim + n];
+}
+
+// cos/sin: (B, D/2), each row's angles; cache_at(l): layer l's cache.
+template <typename CacheAt>
+at::Tensor stack(const at::Tensor& x, const std::vector<LayerWeights>& layers, const float* cos,
+                 const float* sin, const CacheAt& cache_at, int64_t H, int64_t KV, int64_t D) {
+  const int64_t B = x.size(0), dim = x.size(1), QKV = (H + 2 * KV) * D;
+  int64_t F = 0;
+  for (const LayerWeights& w : layers) F = std::max(F, w.F);
+  at::Tensor out = x.clone();
+  float* h = out.data_ptr<float>();
+  std::vector<float> qkv(B * QKV), q(B * H * D), attn(B * H * D), y(B * dim), g(B * 2 * F),
+      act(B * F);
+  const float sc = 1.f / std::sqrt(static_cast<float>(D));
+  auto run = [&](const Team& team) {
+    std::vector<float> xn(B * dim);  // each thread normalizes for itself: no barrier after
+    const auto [o0, o1] = team.share(dim, kOutBlock);  // its columns of wo and w2
+    const auto [j0, j1] = team.share(H + 2 * KV, 1);   // its q/k/v heads
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const LayerWeights& w = layers[l];
+      const auto cache = cache_at(l);
+      rms_norm(h, w.attn_norm, w.eps, B, dim, xn.data());
+      w.wqkv.rows(w.wqkv.input(xn.data(), B, dim), qkv.data(), {j0 * D, j1 * D, &team});
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = j0; j < j1; ++j) {  // RoPE on its q and k heads; k and v into the cache
+          float* r = qkv.data() + b * QKV + j * D;
+          if (j < H + KV) rope(r, 1, D, cos + b * D / 2, sin + b * D / 2);
+          float* to = j < H        ? q.data() + (b * H + j) * D
+                      : j < H + KV ? cache.key_row(b, j - H)
+                                   : cache.value_row(b, j - H - KV);
+          std::copy(r, r + D, to);
+        }
+      team.sync();
+      cache.attend_rows(q.data(), B, H, sc, attn.data(), &team);
+      team.sync();
+      w.wo.rows(w.wo.input(attn.data(), B, H * D), y.data(), {o0, o1, &team});
+      add_columns(h, y.data(), B, dim, o0, o1);
+      team.sync();
+      rms_norm(h, w.ffn_norm, w.eps, B, dim, xn.data());
+      const auto [f0, f1] = team.share(w.F, kOutBlock);  // its gate and up rows, then SiLU
+      const ProjInput in = w.w13.input(xn.data(), B, dim);
+      w.w13.rows(in, g.data(), {f0, f1, &team});
+      w.w13.rows(in, g.data(), {w.F + f0, w.F + f1, &team});
+      swiglu_rows(g.data(), act.data(), B, w.F, f0, f1);
+      team.sync();
+      w.w2.rows(w.w2.input(act.data(), B, w.F), y.data(), {o0, o1, &team});
+      add_columns(h, y.data(), B, dim, o0, o1);
+      team.sync();
+    }
+  };
+  const int64_t T = at::get_num_threads();
+  if (T <= 1) {
+    run(Team{});
+  } else {
+#pragma omp parallel num_threads(T)
+    run(Team{omp_get_thread_num(), omp_get_num_threads()});
+  }
+  return out;
+}
+
+// norms: attention and feed-forward norm of each layer; proj: codes, scale, zero of wqkv, wo,
+// w13, w2 of each layer.
+std::vector<LayerWeights> stack_weights(const at::Tensor& x, at::TensorList norms, double eps,
+                                        at::TensorList proj, int64_t H, int64_t KV, int64_t D,
+                                        size_t n_layers) {
+  TORCH_CHECK(n_layers > 0 && norms.size() == 2 * n_layers && proj.size() == 12 * n_layers,
+              "decode_layers: two norms, four projections (codes, scale, zero each) and a "
+              "cache per layer");
+  std::vector<LayerWeights> layers;
+  for (size_t l = 0; l < n_layers; ++l)
+    layers.push_back(layer_weights(x, norms[2 * l], norms[2 * l + 1], eps, proj.slice(12 * l, 12),
+                                   H, KV, D));
+  return layers;
+}
+
+at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
+                         at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
+                         at::TensorList k_cache, at::TensorList v_cache, const at::Tensor& pos,
+                         int64_t n_heads) {
+  TORCH_CHECK(!k_cache.empty() && k_cache.size() == v_cache.size(),
+              "decode_layers: one key and one value cache per layer");
+  const int64_t B = x.size(0), H = n_heads, D = k_cache[0].size(-1), KV = k_cache[0].size(1);
+  const int64_t at = position(pos, "decode_layers");
+  for (size_t l = 0; l < k_cache.size(); ++l) {
+    check_cache(k_cache[l], v_cache[l], B, H, D, at, "decode_layers");
+    TORCH_CHECK(k_cache[l].sizes() == k_cache[0].sizes(), "decode_layers: caches differ in shape");
+  }
   check_angles(cos, sin, B, D);
-  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, proj, H, KV, D);
-  const ContiguousCache cache{k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), KV,
-                              k_cache.size(2), D, pos.item<int64_t>()};
-  return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
+  const std::vector<LayerWeights> layers =
+      stack_weights(x, norms, eps, proj, H, KV, D, k_cache.size());
+  const int64_t S = k_cache[0].size(2);
+  auto cache_at = [&](size_t l) {
+    return ContiguousCache{k_cache[l].data_ptr<float>(), v_cache[l].data_ptr<float>(), KV, S, D,
+                           at};
+  };
+  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D);
 }
 
 // The engine's decode-only steps: row b writes its key/value at pool slot `slot[b]` and attends
-// over slots[b, :lengths[b]] (this step's slot included).
-at::Tensor paged_decode_layer(const at::Tensor& x, const at::Tensor& attn_norm,
-                              const at::Tensor& ffn_norm, double eps, at::TensorList proj,
-                              const at::Tensor& cos, const at::Tensor& sin,
-                              const at::Tensor& k_pool, const at::Tensor& v_pool,
-                              const at::Tensor& slot, const at::Tensor& slots,
-                              const at::Tensor& lengths, int64_t n_heads) {
+// over slots[b, :lengths[b]] (this step's slot included), in every layer's pool.
+at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
+                               at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
+                               at::TensorList k_pool, at::TensorList v_pool,
+                               const at::Tensor& slot, const at::Tensor& slots,
+                               const at::Tensor& lengths, int64_t n_heads) {
   const int64_t B = x.size(0), H = n_heads;
+  TORCH_CHECK(!k_pool.empty() && k_pool.size() == v_pool.size(),
+              "paged_decode_layers: one key and one value pool per layer");
   TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous(),
-              "paged_decode_layer: int64 slot (rows,)");
-  const PagedCache cache = paged_cache(k_pool, v_pool, slot.data_ptr<int64_t>(), slots, lengths,
-                                       B, H, "paged_decode_layer");
-  const int64_t KV = cache.KV, D = cache.D;
+              "paged_decode_layers: int64 slot (rows,)");
+  const PagedCache first = paged_cache(k_pool[0], v_pool[0], slot.data_ptr<int64_t>(), slots,
+                                       lengths, B, H, "paged_decode_layers");
+  for (size_t l = 0; l < k_pool.size(); ++l)
+    for (const at::Tensor* t : {&k_pool[l], &v_pool[l]})
+      TORCH_CHECK(t->sizes() == k_pool[0].sizes() && t->scalar_type() == at::kFloat &&
+                      t->is_contiguous() && t->device().is_cpu(),
+                  "paged_decode_layers: every layer's pools like the first (contiguous float32)");
+  const int64_t KV = first.KV, D = first.D;
   check_angles(cos, sin, B, D);
-  const LayerWeights w = layer_weights(x, attn_norm, ffn_norm, eps, proj, H, KV, D);
-  return layer(x, w, cos.data_ptr<float>(), sin.data_ptr<float>(), cache, H, KV, D);
+  const std::vector<LayerWeights> layers =
+      stack_weights(x, norms, eps, proj, H, KV, D, k_pool.size());
+  auto cache_at = [&](size_t l) {
+    PagedCache c = first;
+    c.k = k_pool[l].data_ptr<float>();
+    c.v = v_pool[l].data_ptr<float>();
+    return c;
+  };
+  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D);
 }
 
 // ---- bfloat16 <-> float32, 8 at a time and one at a time ----
@@ -1056,12 +1223,11 @@ TORCH_LIBRARY(llama3_kernels, m) {
       "paged_decode_attention(Tensor q, Tensor k, Tensor v, Tensor slots, Tensor lengths, "
       "float scale) -> Tensor");
   m.def(
-      "decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor[] proj, "
-      "Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor pos, "
-      "int n_heads) -> Tensor");
+      "decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, Tensor sin, "
+      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor pos, int n_heads) -> Tensor");
   m.def(
-      "paged_decode_layer(Tensor x, Tensor attn_norm, Tensor ffn_norm, float eps, Tensor[] proj, "
-      "Tensor cos, Tensor sin, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor slot, Tensor slots, "
+      "paged_decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, "
+      "Tensor sin, Tensor(a!)[] k_pool, Tensor(b!)[] v_pool, Tensor slot, Tensor slots, "
       "Tensor lengths, int n_heads) -> Tensor");
 }
 
@@ -1073,6 +1239,6 @@ TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int4_mm", &int4_mm);
   m.impl("decode_attention", &decode_attention);
   m.impl("paged_decode_attention", &paged_decode_attention);
-  m.impl("decode_layer", &decode_layer);
-  m.impl("paged_decode_layer", &paged_decode_layer);
+  m.impl("decode_layers", &decode_layers);
+  m.impl("paged_decode_layers", &paged_decode_layers);
 }

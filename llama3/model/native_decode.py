@@ -1,11 +1,11 @@
-"""Decode steps through the native CPU layer kernels (`llama3_kernels::decode_layer` and
-`paged_decode_layer`).
+"""Decode steps through the native CPU layer kernels (`llama3_kernels::decode_layers` and
+`paged_decode_layers`).
 
 One new token per row on a CPU model whose projections are int8 or int4 with the native kernels
 (what `--quantize int8|int4`, quantized checkpoints and 4-bit GGUF blocks give) and a float32
-cache: each layer is one call — norm, fused q/k/v, RoPE, cache write, attention, wo, norm, fused
-w1/w3, SiLU, w2 — instead of about nine operator calls, whose dispatch was ~25 % of a step on a
-small model. Two caches: the contiguous one of `generate`, chat and the bench (every row at one
+cache: all layers are one call — per layer norm, fused q/k/v, RoPE, cache write, attention, wo,
+norm, fused w1/w3, SiLU, w2 — instead of about nine operator calls a layer, whose dispatch was
+~25 % of a step on a small model (and a call per layer, with its parallel regions, ~12 %). Two caches: the contiguous one of `generate`, chat and the bench (every row at one
 position), and the serving engine's paged pool on steps that only decode (each row its own position
 and slots). Anything else (prompt chunks, other weights, devices or dtypes) takes the module path.
 """
@@ -39,11 +39,9 @@ def eligible(model: torch.nn.Module) -> bool:
     if cached is None:
         cached = _eligible(model)
         model._native_decode = cached
-        # each layer's tensors, gathered once: looking them up through the modules every step
+        # the layers' tensors, gathered once: looking them up through the modules every step
         # cost ~1.2 ms of a ~8 ms step
-        model._native_weights = (
-            [tuple(_weights(layer)) for layer in model.layers] if cached else None
-        )
+        model._native_weights = _weights(model.layers) if cached else None
     return cached
 
 
@@ -81,10 +79,15 @@ def _parts(proj) -> list[torch.Tensor]:
     return [proj.packed, proj.scale, proj.zero]
 
 
-def _weights(layer) -> list:
-    att, ff = layer.attention, layer.feed_forward
-    parts = [t for p in (att.wqkv, att.wo, ff.w13, ff.w2) for t in _parts(p)]
-    return [layer.attention_norm.weight, layer.ffn_norm.weight, layer.attention_norm.eps, parts]
+def _weights(layers) -> tuple[list[torch.Tensor], float, list[torch.Tensor]]:
+    """(norms, eps, projections) as `decode_layers` takes them: each layer's two norms, and the
+    codes, scale and zero of its wqkv, wo, w13 and w2."""
+    norms, parts = [], []
+    for layer in layers:
+        att, ff = layer.attention, layer.feed_forward
+        norms += [layer.attention_norm.weight, layer.ffn_norm.weight]
+        parts += [t for p in (att.wqkv, att.wo, ff.w13, ff.w2) for t in _parts(p)]
+    return norms, layers[0].attention_norm.eps, parts
 
 
 def decode(
@@ -100,18 +103,15 @@ def decode(
     cos = cos.reshape(-1, half).expand(rows, half).contiguous()
     sin = sin.reshape(-1, half).expand(rows, half).contiguous()
     n_heads = model.params.n_heads
-    weights = model._native_weights
+    norms, eps, parts = model._native_weights
     if isinstance(cache, PagedBatch):
         slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order
-        for i in range(len(weights)):
-            h = torch.ops.llama3_kernels.paged_decode_layer(
-                h, *weights[i], cos, sin, cache.pool.k[i], cache.pool.v[i],
-                cache.slot_mapping, slots, lengths, n_heads,
-            )  # fmt: skip
+        h = torch.ops.llama3_kernels.paged_decode_layers(
+            h, norms, eps, parts, cos, sin, cache.pool.k, cache.pool.v,
+            cache.slot_mapping, slots, lengths, n_heads,
+        )  # fmt: skip
     else:
-        position = positions.reshape(1)
-        for i in range(len(weights)):
-            h = torch.ops.llama3_kernels.decode_layer(
-                h, *weights[i], cos, sin, cache.k[i], cache.v[i], position, n_heads
-            )
+        h = torch.ops.llama3_kernels.decode_layers(
+            h, norms, eps, parts, cos, sin, cache.k, cache.v, positions.reshape(1), n_heads
+        )
     return h.reshape(*shape, -1)

@@ -96,3 +96,33 @@ def test_a_decode_only_engine_step_matches_the_modules(tiny):
         got.append(model(torch.tensor([[11, 22]]), cache=step, positions=torch.tensor(lens)))
     assert torch.equal(got[0].argmax(-1), got[1].argmax(-1))
     torch.testing.assert_close(got[0], got[1], rtol=0, atol=1e-4 * got[1].abs().max().item())
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_the_layer_stack_gives_the_same_bits_on_any_thread_count(tiny, scheme):
+    """The stack's threads split every product by weight rows and every attention by heads; a
+    row's arithmetic never depends on the split, so 1, 2 and 3 threads (some with empty shares
+    of the tiny model's 64 columns) write the same logits and cache entries bit for bit."""
+    import copy
+
+    llm = Llama.load(tiny.path("3.1", "gguf"), max_seq_len=64, max_batch_size=3, quantize=scheme)
+    model = llm.model
+    prompt = torch.randint(0, 5000, (3, 13), generator=torch.Generator().manual_seed(1))
+    filled = KVCache(model.params, 3, 64)
+    model(prompt, 0, filled)
+    step = torch.tensor([[5], [6], [7]])
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            cache = copy.deepcopy(filled)
+            assert native_decode.usable(model, cache, step, torch.tensor([13]))
+            got.append((model(step, 13, cache), cache))
+    finally:
+        torch.set_num_threads(before)
+    (logits, cache), others = got[0], got[1:]
+    for other_logits, other_cache in others:
+        assert torch.equal(logits, other_logits)
+        for a, b in zip(cache.k + cache.v, other_cache.k + other_cache.v):
+            assert torch.equal(a, b)
