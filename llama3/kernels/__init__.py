@@ -153,13 +153,16 @@ def _register_fakes() -> None:
     def _(q, k, v, slots, lengths, scale):
         return q.new_empty(q.shape)
 
+    def stack_out(x, head):  # hidden states, or logits when the stack ends in the head
+        return x.new_empty(x.shape[0], head[1].shape[0]) if head else x.new_empty(x.shape)
+
     @torch.library.register_fake("llama3_kernels::decode_layers")
     def _(x, *args):
-        return x.new_empty(x.shape)
+        return stack_out(x, args[-1])
 
     @torch.library.register_fake("llama3_kernels::paged_decode_layers")
     def _(x, *args):
-        return x.new_empty(x.shape)
+        return stack_out(x, args[-1])
 
 
 def native_attention(cache: torch.Tensor) -> bool:

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -933,15 +934,24 @@ void add_columns(float* h, const float* y, int64_t B, int64_t dim, int64_t n0, i
     for (int64_t n = n0; n < n1; ++n) h[b * dim + n] += y[b * dim + n];
 }
 
-// cos/sin: (B, D/2), each row's angles; cache_at(l): layer l's cache.
+// The model's final norm and output projection, when the stack ends in logits.
+struct Head {
+  const float* norm;
+  Proj proj;
+};
+
+// cos/sin: (B, D/2), each row's angles; cache_at(l): layer l's cache. Returns x after the layers,
+// or with a head the logits (B, vocab) of the final norm of that.
 template <typename CacheAt>
 at::Tensor stack(const at::Tensor& x, const std::vector<LayerWeights>& layers, const float* cos,
-                 const float* sin, const CacheAt& cache_at, int64_t H, int64_t KV, int64_t D) {
+                 const float* sin, const CacheAt& cache_at, int64_t H, int64_t KV, int64_t D,
+                 const std::optional<Head>& head) {
   const int64_t B = x.size(0), dim = x.size(1), QKV = (H + 2 * KV) * D;
   int64_t F = 0;
   for (const LayerWeights& w : layers) F = std::max(F, w.F);
   at::Tensor out = x.clone();
   float* h = out.data_ptr<float>();
+  at::Tensor logits = head ? at::empty({B, head->proj.N}, x.options()) : out;
   std::vector<float> qkv(B * QKV), q(B * H * D), attn(B * H * D), y(B * dim), g(B * 2 * F),
       act(B * F);
   const float sc = 1.f / std::sqrt(static_cast<float>(D));
@@ -980,6 +990,12 @@ at::Tensor stack(const at::Tensor& x, const std::vector<LayerWeights>& layers, c
       add_columns(h, y.data(), B, dim, o0, o1);
       team.sync();
     }
+    if (head) {  // the last layer's barrier passed: h is whole
+      rms_norm(h, head->norm, layers.back().eps, B, dim, xn.data());
+      const auto [v0, v1] = team.share(head->proj.N, kOutBlock);
+      head->proj.rows(head->proj.input(xn.data(), B, dim), logits.data_ptr<float>(),
+                      {v0, v1, &team});
+    }
   };
   const int64_t T = at::get_num_threads();
   if (T <= 1) {
@@ -988,7 +1004,17 @@ at::Tensor stack(const at::Tensor& x, const std::vector<LayerWeights>& layers, c
 #pragma omp parallel num_threads(T)
     run(Team{omp_get_thread_num(), omp_get_num_threads()});
   }
-  return out;
+  return logits;
+}
+
+// head: empty, or the final norm's weight and the output projection's codes, scale and zero
+std::optional<Head> stack_head(at::TensorList head, int64_t dim) {
+  if (head.empty()) return std::nullopt;
+  TORCH_CHECK(head.size() == 4, "decode_layers: head holds the final norm, codes, scale, zero");
+  TORCH_CHECK(head[0].numel() == dim && head[0].scalar_type() == at::kFloat &&
+                  head[0].is_contiguous(),
+              "decode_layers: the final norm's weight must be contiguous float32 of size dim");
+  return Head{head[0].data_ptr<float>(), proj(head[1], head[2], head[3], dim, "decode_layers head")};
 }
 
 // norms: attention and feed-forward norm of each layer; proj: codes, scale, zero of wqkv, wo,
@@ -1009,7 +1035,7 @@ std::vector<LayerWeights> stack_weights(const at::Tensor& x, at::TensorList norm
 at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
                          at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
                          at::TensorList k_cache, at::TensorList v_cache, const at::Tensor& pos,
-                         int64_t n_heads) {
+                         int64_t n_heads, at::TensorList head) {
   TORCH_CHECK(!k_cache.empty() && k_cache.size() == v_cache.size(),
               "decode_layers: one key and one value cache per layer");
   const int64_t B = x.size(0), H = n_heads, D = k_cache[0].size(-1), KV = k_cache[0].size(1);
@@ -1026,7 +1052,8 @@ at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
     return ContiguousCache{k_cache[l].data_ptr<float>(), v_cache[l].data_ptr<float>(), KV, S, D,
                            at};
   };
-  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D);
+  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D,
+               stack_head(head, x.size(1)));
 }
 
 // The engine's decode-only steps: row b writes its key/value at pool slot `slot[b]` and attends
@@ -1035,7 +1062,7 @@ at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double
                                at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
                                at::TensorList k_pool, at::TensorList v_pool,
                                const at::Tensor& slot, const at::Tensor& slots,
-                               const at::Tensor& lengths, int64_t n_heads) {
+                               const at::Tensor& lengths, int64_t n_heads, at::TensorList head) {
   const int64_t B = x.size(0), H = n_heads;
   TORCH_CHECK(!k_pool.empty() && k_pool.size() == v_pool.size(),
               "paged_decode_layers: one key and one value pool per layer");
@@ -1058,7 +1085,8 @@ at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double
     c.v = v_pool[l].data_ptr<float>();
     return c;
   };
-  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D);
+  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D,
+               stack_head(head, x.size(1)));
 }
 
 // ---- bfloat16 <-> float32, 8 at a time and one at a time ----
@@ -1224,11 +1252,12 @@ TORCH_LIBRARY(llama3_kernels, m) {
       "float scale) -> Tensor");
   m.def(
       "decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, Tensor sin, "
-      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor pos, int n_heads) -> Tensor");
+      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor pos, int n_heads, Tensor[] head) -> "
+      "Tensor");
   m.def(
       "paged_decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, "
       "Tensor sin, Tensor(a!)[] k_pool, Tensor(b!)[] v_pool, Tensor slot, Tensor slots, "
-      "Tensor lengths, int n_heads) -> Tensor");
+      "Tensor lengths, int n_heads, Tensor[] head) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {

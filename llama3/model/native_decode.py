@@ -41,7 +41,7 @@ def eligible(model: torch.nn.Module) -> bool:
         model._native_decode = cached
         # the layers' tensors, gathered once: looking them up through the modules every step
         # cost ~1.2 ms of a ~8 ms step
-        model._native_weights = _weights(model.layers) if cached else None
+        model._native_weights = _weights(model) if cached else None
     return cached
 
 
@@ -79,22 +79,30 @@ def _parts(proj) -> list[torch.Tensor]:
     return [proj.packed, proj.scale, proj.zero]
 
 
-def _weights(layers) -> tuple[list[torch.Tensor], float, list[torch.Tensor]]:
-    """(norms, eps, projections) as `decode_layers` takes them: each layer's two norms, and the
-    codes, scale and zero of its wqkv, wo, w13 and w2."""
+def _weights(model) -> tuple[list[torch.Tensor], float, list[torch.Tensor], list[torch.Tensor]]:
+    """(norms, eps, projections, head) as `decode_layers` takes them: each layer's two norms; the
+    codes, scale and zero of its wqkv, wo, w13 and w2; and the final norm's weight with the output
+    projection's tensors when that projection is native too (else nothing: the step ends in
+    hidden states and the modules finish it)."""
     norms, parts = [], []
-    for layer in layers:
+    for layer in model.layers:
         att, ff = layer.attention, layer.feed_forward
         norms += [layer.attention_norm.weight, layer.ffn_norm.weight]
         parts += [t for p in (att.wqkv, att.wo, ff.w13, ff.w2) for t in _parts(p)]
-    return norms, layers[0].attention_norm.eps, parts
+    eps = model.layers[0].attention_norm.eps
+    head = []
+    if _native_proj(model.output) and model.norm.eps == eps:
+        head = [model.norm.weight, *_parts(model.output)]
+    return norms, eps, parts, head
 
 
 def decode(
     model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | PagedBatch, cos, sin
-) -> torch.Tensor:
-    """Hidden states after every layer, shaped like the embeddings of `tokens`: (bsz, 1, dim)
-    for a contiguous cache, (1, T, dim) for an engine step of T decoding sequences."""
+) -> tuple[torch.Tensor, bool]:
+    """(logits, True) when the step also ran the final norm and the output projection, else
+    (hidden states after every layer, False); shaped like the embeddings of `tokens` with the
+    vocabulary or dim last: (bsz, 1, ...) for a contiguous cache, (1, T, ...) for an engine step of
+    T decoding sequences."""
     shape = tokens.shape
     rows = tokens.numel()
     h = model.tok_embeddings(tokens).reshape(rows, -1)
@@ -103,15 +111,15 @@ def decode(
     cos = cos.reshape(-1, half).expand(rows, half).contiguous()
     sin = sin.reshape(-1, half).expand(rows, half).contiguous()
     n_heads = model.params.n_heads
-    norms, eps, parts = model._native_weights
+    norms, eps, parts, head = model._native_weights
     if isinstance(cache, PagedBatch):
         slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order
         h = torch.ops.llama3_kernels.paged_decode_layers(
             h, norms, eps, parts, cos, sin, cache.pool.k, cache.pool.v,
-            cache.slot_mapping, slots, lengths, n_heads,
+            cache.slot_mapping, slots, lengths, n_heads, head,
         )  # fmt: skip
     else:
         h = torch.ops.llama3_kernels.decode_layers(
-            h, norms, eps, parts, cos, sin, cache.k, cache.v, positions.reshape(1), n_heads
+            h, norms, eps, parts, cos, sin, cache.k, cache.v, positions.reshape(1), n_heads, head
         )
-    return h.reshape(*shape, -1)
+    return h.reshape(*shape, -1), bool(head)

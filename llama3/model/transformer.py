@@ -210,8 +210,9 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
         cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
+        fused = False  # whether h already holds logits (the native step ran the head)
         if native_decode.usable(self, cache, tokens, positions):
-            h = native_decode.decode(self, tokens, positions, cache, cos, sin)
+            h, fused = native_decode.decode(self, tokens, positions, cache, cos, sin)
         else:
             h = self.tok_embeddings(tokens)
             for layer in self.layers:
@@ -220,4 +221,4 @@ class Transformer(nn.Module):
             h = h[:, logits_indices]
         elif last_only:
             h = h[:, -1:]
-        return self.output(self.norm(h)).float()
+        return (h if fused else self.output(self.norm(h))).float()

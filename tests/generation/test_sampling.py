@@ -331,6 +331,14 @@ def test_sample_with_top_k_only_returns_top_k_ids() -> None:
 # ---- greedy, logprobs --------------------------------------------------------------------------
 
 
+def test_greedy_takes_the_first_of_tied_maxima() -> None:
+    # a few values per row, so every row has ties at its maximum (a NaN row: the NaN wins)
+    logits = torch.randint(0, 4, (64, 49152), generator=_gen(3)).float()
+    logits[5, 1000] = logits[5, 7] = float("nan")
+    want = [row.index(max(row)) if i != 5 else 7 for i, row in enumerate(logits.tolist())]
+    assert greedy(logits).tolist() == want
+
+
 def test_greedy_and_logprobs() -> None:
     logits = _random_logits(3, 25, seed=15)
     before = logits.clone()
