@@ -165,6 +165,18 @@ def _register_fakes() -> None:
         return stack_out(x, args[-1])
 
 
+def native_elementwise(*tensors: torch.Tensor) -> bool:
+    """Whether `rms_norm` and `rope` can take these tensors: float32 on the CPU, nothing that
+    autograd must follow (the ops have no backward), not while torch.compile traces (Inductor
+    fuses the PyTorch version itself), the kernels loaded."""
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not torch.compiler.is_compiling() and available()
+
+
 def native_attention(cache: torch.Tensor) -> bool:
     """Whether attention over `cache` (a key cache or pool tensor) can run natively: float32
     on the CPU, head_dim a multiple of 8, the kernels loaded."""

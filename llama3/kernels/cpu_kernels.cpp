@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <torch/library.h>
@@ -856,25 +857,49 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k, cons
 // microseconds of dispatch around little work); its threads split every product by weight rows
 // and meet at a barrier where the next phase needs all of the last one's output.
 
+// out[m] = x[m] / sqrt(mean(x[m]^2) + eps) * w for rows of K floats, as RMSNorm computes it in
+// float32 (x times the reciprocal, then times w); the sum of squares in double.
 void rms_norm(const float* x, const float* w, float eps, int64_t M, int64_t K, float* out) {
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * K;
-    double ss = 0.0;
-    for (int64_t k = 0; k < K; ++k) ss += static_cast<double>(xr[k]) * xr[k];
+    float* o = out + m * K;
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + k);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      s0 = _mm256_fmadd_pd(lo, lo, s0);
+      s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    double parts[4];
+    _mm256_storeu_pd(parts, _mm256_add_pd(s0, s1));
+    double ss = (parts[0] + parts[1]) + (parts[2] + parts[3]);
+    for (int64_t j = k; j < K; ++j) ss += static_cast<double>(xr[j]) * xr[j];
     const float r = 1.f / std::sqrt(static_cast<float>(ss / K) + eps);
-    for (int64_t k = 0; k < K; ++k) out[m * K + k] = xr[k] * r * w[k];
+    const __m256 rv = _mm256_set1_ps(r);
+    for (k = 0; k + 8 <= K; k += 8)
+      _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + k), rv),
+                                            _mm256_loadu_ps(w + k)));
+    for (; k < K; ++k) o[k] = xr[k] * r * w[k];
   }
 }
 
-// rotates adjacent pairs (x[2i], x[2i+1]) of each of `heads` heads by the angles (cos_i, sin_i)
-void rope(float* x, int64_t heads, int64_t D, const float* c, const float* s) {
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < D / 2; ++i) {
-      float* p = x + h * D + 2 * i;
-      const float re = p[0], im = p[1];
-      p[0] = re * c[i] - im * s[i];
-      p[1] = re * s[i] + im * c[i];
+// Rotates adjacent pairs (x[2i], x[2i+1]) of each of `heads` heads (D floats each, D a multiple
+// of 8) by the angles (c[i], s[i]) into out (which may be x): (x0 c - x1 s, x1 c + x0 s), four
+// pairs per vector.
+void rope(const float* x, float* out, int64_t heads, int64_t D, const float* c, const float* s) {
+  const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+  for (int64_t i = 0; i < D / 2; i += 4) {
+    const __m256 cv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(c + i)), dup);
+    const __m256 sv = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + i)), dup);
+    for (int64_t h = 0; h < heads; ++h) {
+      const __m256 v = _mm256_loadu_ps(x + h * D + 2 * i);
+      const __m256 swapped = _mm256_permute_ps(v, 0xB1);  // (x1, x0) per pair
+      _mm256_storeu_ps(out + h * D + 2 * i,
+                       _mm256_fmaddsub_ps(v, cv, _mm256_mul_ps(swapped, sv)));
     }
+  }
 }
 
 struct LayerWeights {
@@ -970,7 +995,7 @@ at::Tensor stack(const at::Tensor& x, const std::vector<LayerWeights>& layers, c
       for (int64_t b = 0; b < B; ++b)
         for (int64_t j = j0; j < j1; ++j) {  // RoPE on its q and k heads; k and v into the cache
           float* r = qkv.data() + b * QKV + j * D;
-          if (j < H + KV) rope(r, 1, D, cos + b * D / 2, sin + b * D / 2);
+          if (j < H + KV) rope(r, r, 1, D, cos + b * D / 2, sin + b * D / 2);
           float* to = j < H        ? q.data() + (b * H + j) * D
                       : j < H + KV ? cache.key_row(b, j - H)
                                    : cache.value_row(b, j - H - KV);
@@ -1090,6 +1115,50 @@ at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double
   };
   return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D,
                stack_head(head, x.size(1)));
+}
+
+// ---- a prompt's RMSNorm and RoPE: one pass each instead of PyTorch's ~6 elementwise ops ----
+
+at::Tensor rms_norm_op(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && w.numel() == K &&
+                  w.scalar_type() == at::kFloat && w.is_contiguous(),
+              "rms_norm: float32 CPU rows and a float32 weight of their size");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  const float *xp = xc.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, xc.numel() / std::max<int64_t>(K, 1), std::max<int64_t>(1, 16384 / K),
+                   [&](int64_t m0, int64_t m1) {
+    rms_norm(xp + m0 * K, wp, static_cast<float>(eps), m1 - m0, K, op + m0 * K);
+  });
+  return out;
+}
+
+// x (B, T, H, D) float32, its heads contiguous per position (a view of a fused q/k/v product
+// is fine); cos, sin (T, D/2) or (B, T, D/2). Returns the rotated x, contiguous.
+at::Tensor rope_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
+                  x.stride(3) == 1 && x.stride(2) == x.size(3) && x.size(3) % 8 == 0,
+              "rope: x must be float32 (batch, seq, heads, head_dim) with contiguous heads and "
+              "head_dim a multiple of 8");
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  for (const at::Tensor* t : {&cos, &sin})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                    (t->numel() == T * D / 2 || t->numel() == B * T * D / 2),
+                "rope: cos and sin must be contiguous float32 (seq, head_dim / 2) or (batch, seq, "
+                "head_dim / 2)");
+  const int64_t per_row = cos.numel() == T * D / 2 ? 0 : T * D / 2;  // angles per batch row?
+  at::Tensor out = at::empty({B, T, H, D}, x.options());
+  const float *xp = x.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * T, std::max<int64_t>(1, 4096 / (H * D)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / T, t = p % T, a = b * per_row + t * D / 2;
+      rope(xp + b * x.stride(0) + t * x.stride(1), op + p * H * D, H, D, cp + a, sp + a);
+    }
+  });
+  return out;
 }
 
 // ---- bfloat16 <-> float32, 8 at a time and one at a time ----
@@ -1245,6 +1314,8 @@ at::Tensor int4_rows_bf16(const at::Tensor& packed, const at::Tensor& scale,
 
 TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
   m.def("int4_rows_bf16(Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("swiglu_bf16(Tensor gate, Tensor up, Tensor gscale, Tensor uscale, Tensor(a!) out) -> ()");
@@ -1265,6 +1336,8 @@ TORCH_LIBRARY(llama3_kernels, m) {
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
+  m.impl("rms_norm", &rms_norm_op);
+  m.impl("rope", &rope_op);
   m.impl("scale_columns", &scale_columns);
   m.impl("int4_rows_bf16", &int4_rows_bf16);
   m.impl("swiglu_bf16", &swiglu_bf16);

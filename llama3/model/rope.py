@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .. import kernels
 from ..config import RopeScaling
 
 
@@ -56,6 +57,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     `cos`/`sin` are (seqlen, head_dim // 2) or (bsz, seqlen, head_dim // 2).
     """
+    if (  # one native pass where it applies (a float32 CPU prompt: ~10x faster)
+        x.dim() == 4
+        and x.shape[-1] % 8 == 0
+        and x.stride(-1) == 1
+        and x.stride(-2) == x.shape[-1]
+        and cos.is_contiguous()
+        and sin.is_contiguous()
+        and cos.shape == sin.shape
+        and cos.numel() in (x.shape[1] * x.shape[3] // 2, x.numel() // x.shape[2] // 2)
+        and kernels.native_elementwise(x, cos, sin)
+    ):
+        return torch.ops.llama3_kernels.rope(x, cos, sin)
     xf = x.float().unflatten(-1, (-1, 2))  # (bsz, seqlen, n_heads, head_dim // 2, 2)
     x_re, x_im = xf[..., 0], xf[..., 1]
     if cos.dim() == 2:
