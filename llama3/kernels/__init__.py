@@ -153,16 +153,25 @@ def _register_fakes() -> None:
     def _(q, k, v, slots, lengths, scale):
         return q.new_empty(q.shape)
 
-    def stack_out(x, head):  # hidden states, or logits when the stack ends in the head
-        return x.new_empty(x.shape[0], head[1].shape[0]) if head else x.new_empty(x.shape)
+    def stack_out(tokens, embedding, head):  # hidden states, or logits ending in the head
+        width = head[1].shape[0] if head else embedding[0].shape[1]
+        return torch.empty(tokens.numel(), width, dtype=torch.float32, device=tokens.device)
 
     @torch.library.register_fake("llama3_kernels::decode_layers")
-    def _(x, *args):
-        return stack_out(x, args[-1])
+    def _(tokens, embedding, *args):
+        return stack_out(tokens, embedding, args[-1])
 
     @torch.library.register_fake("llama3_kernels::paged_decode_layers")
-    def _(x, *args):
-        return stack_out(x, args[-1])
+    def _(tokens, embedding, *args):
+        return stack_out(tokens, embedding, args[-1])
+
+    @torch.library.register_fake("llama3_kernels::rms_norm")
+    def _(x, weight, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("llama3_kernels::rope")
+    def _(x, cos, sin):
+        return x.new_empty(x.shape)
 
 
 def native_elementwise(*tensors: torch.Tensor) -> bool:

@@ -931,12 +931,6 @@ LayerWeights layer_weights(const at::Tensor& x, const at::Tensor& attn_norm,
           wqkv, wo, w13, w2, F};
 }
 
-void check_angles(const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64_t D) {
-  for (const at::Tensor* t : {&cos, &sin})
-    TORCH_CHECK(t->numel() == B * D / 2 && t->scalar_type() == at::kFloat && t->is_contiguous(),
-                "decode_layers: cos and sin must be contiguous float32 (rows, head_dim / 2)");
-}
-
 // act[b, i] = silu(gate) * up = gate * up / (1 + e^-gate) for i in [i0, i1); g's rows hold the
 // gate then the up values (2F). i0 a multiple of 8: a value's arithmetic never depends on the
 // split.
@@ -1060,42 +1054,101 @@ std::vector<LayerWeights> stack_weights(const at::Tensor& x, at::TensorList norm
   return layers;
 }
 
-at::Tensor decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
-                         at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
-                         at::TensorList k_cache, at::TensorList v_cache, const at::Tensor& pos,
-                         int64_t n_heads, at::TensorList head) {
+// A step's input rows: each token's embedding (a float32 table's row, or int8 codes times the
+// row's scale, as Int8Embedding computes it) and its position's rotation angles (float(pos) times
+// each inverse frequency, as rope_cos_sin computes them); one call instead of ~10 small ops.
+struct StepInput {
+  at::Tensor x;                 // (B, dim) float32
+  std::vector<float> cos, sin;  // (B, D/2)
+};
+
+StepInput step_input(const at::Tensor& tokens, at::TensorList embedding,
+                     const at::Tensor& inv_freq, const int64_t* pos, bool per_row, int64_t D,
+                     const char* what) {
+  TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.is_contiguous() && tokens.device().is_cpu(),
+              what, ": token ids must be contiguous int64 on the CPU");
+  TORCH_CHECK(inv_freq.numel() == D / 2 && inv_freq.scalar_type() == at::kFloat &&
+                  inv_freq.is_contiguous(),
+              what, ": inv_freq must be contiguous float32 (head_dim / 2)");
+  const bool int8 = embedding.size() == 2;
+  TORCH_CHECK((embedding.size() == 1 || int8) && embedding[0].dim() == 2 &&
+                  embedding[0].is_contiguous() && embedding[0].device().is_cpu() &&
+                  embedding[0].scalar_type() == (int8 ? at::kChar : at::kFloat),
+              what, ": embedding is a float32 table, or int8 codes and their row scales");
+  const int64_t B = tokens.numel(), V = embedding[0].size(0), dim = embedding[0].size(1);
+  if (int8)
+    TORCH_CHECK(embedding[1].numel() == V && embedding[1].scalar_type() == at::kFloat &&
+                    embedding[1].is_contiguous(),
+                what, ": one float32 scale per embedding row");
+  StepInput in{at::empty({B, dim}, inv_freq.options()), std::vector<float>(B * D / 2),
+               std::vector<float>(B * D / 2)};
+  const int64_t* ids = tokens.data_ptr<int64_t>();
+  float* x = in.x.data_ptr<float>();
+  const float* inv = inv_freq.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t id = ids[b];
+    TORCH_CHECK(id >= 0 && id < V, what, ": token id ", id, " outside the vocabulary (", V, ")");
+    if (int8) {
+      const int8_t* row = embedding[0].data_ptr<int8_t>() + id * dim;
+      const float scale = embedding[1].data_ptr<float>()[id];
+      for (int64_t k = 0; k < dim; ++k) x[b * dim + k] = static_cast<float>(row[k]) * scale;
+    } else {
+      const float* row = embedding[0].data_ptr<float>() + id * dim;
+      std::copy(row, row + dim, x + b * dim);
+    }
+    const float p = static_cast<float>(pos[per_row ? b : 0]);
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const float angle = p * inv[i];
+      in.cos[b * D / 2 + i] = std::cos(angle);
+      in.sin[b * D / 2 + i] = std::sin(angle);
+    }
+  }
+  return in;
+}
+
+// tokens (B,), every row at position `pos` of a contiguous cache (batch, kv_heads, seq, head_dim)
+// per layer
+at::Tensor decode_layers(const at::Tensor& tokens, at::TensorList embedding,
+                         const at::Tensor& inv_freq, at::TensorList norms, double eps,
+                         at::TensorList proj, at::TensorList k_cache, at::TensorList v_cache,
+                         const at::Tensor& pos, int64_t n_heads, at::TensorList head) {
   TORCH_CHECK(!k_cache.empty() && k_cache.size() == v_cache.size(),
               "decode_layers: one key and one value cache per layer");
-  const int64_t B = x.size(0), H = n_heads, D = k_cache[0].size(-1), KV = k_cache[0].size(1);
+  const int64_t B = tokens.numel(), H = n_heads, D = k_cache[0].size(-1), KV = k_cache[0].size(1);
   const int64_t at = position(pos, "decode_layers");
   for (size_t l = 0; l < k_cache.size(); ++l) {
     check_cache(k_cache[l], v_cache[l], B, H, D, at, "decode_layers");
     TORCH_CHECK(k_cache[l].sizes() == k_cache[0].sizes(), "decode_layers: caches differ in shape");
   }
-  check_angles(cos, sin, B, D);
+  const StepInput in = step_input(tokens, embedding, inv_freq, &at, false, D, "decode_layers");
   const std::vector<LayerWeights> layers =
-      stack_weights(x, norms, eps, proj, H, KV, D, k_cache.size());
+      stack_weights(in.x, norms, eps, proj, H, KV, D, k_cache.size());
   const int64_t S = k_cache[0].size(2);
   auto cache_at = [&](size_t l) {
     return ContiguousCache{k_cache[l].data_ptr<float>(), v_cache[l].data_ptr<float>(), KV, S, D,
                            at};
   };
-  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D,
-               stack_head(head, x.size(1)));
+  return stack(in.x, layers, in.cos.data(), in.sin.data(), cache_at, H, KV, D,
+               stack_head(head, in.x.size(1)));
 }
 
-// The engine's decode-only steps: row b writes its key/value at pool slot `slot[b]` and attends
-// over slots[b, :lengths[b]] (this step's slot included), in every layer's pool.
-at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double eps,
-                               at::TensorList proj, const at::Tensor& cos, const at::Tensor& sin,
+// The engine's decode-only steps: row b (token b at positions[b]) writes its key/value at pool
+// slot `slot[b]` and attends over slots[b, :lengths[b]] (this step's slot included), in every
+// layer's pool.
+at::Tensor paged_decode_layers(const at::Tensor& tokens, at::TensorList embedding,
+                               const at::Tensor& inv_freq, const at::Tensor& positions,
+                               at::TensorList norms, double eps, at::TensorList proj,
                                at::TensorList k_pool, at::TensorList v_pool,
                                const at::Tensor& slot, const at::Tensor& slots,
                                const at::Tensor& lengths, int64_t n_heads, at::TensorList head) {
-  const int64_t B = x.size(0), H = n_heads;
+  const int64_t B = tokens.numel(), H = n_heads;
   TORCH_CHECK(!k_pool.empty() && k_pool.size() == v_pool.size(),
               "paged_decode_layers: one key and one value pool per layer");
   TORCH_CHECK(slot.numel() == B && slot.scalar_type() == at::kLong && slot.is_contiguous(),
               "paged_decode_layers: int64 slot (rows,)");
+  TORCH_CHECK(positions.numel() == B && positions.scalar_type() == at::kLong &&
+                  positions.is_contiguous(),
+              "paged_decode_layers: int64 positions (rows,)");
   const PagedCache first = paged_cache(k_pool[0], v_pool[0], slot.data_ptr<int64_t>(), slots,
                                        lengths, B, H, "paged_decode_layers");
   for (size_t l = 0; l < k_pool.size(); ++l)
@@ -1104,17 +1157,18 @@ at::Tensor paged_decode_layers(const at::Tensor& x, at::TensorList norms, double
                       t->is_contiguous() && t->device().is_cpu(),
                   "paged_decode_layers: every layer's pools like the first (contiguous float32)");
   const int64_t KV = first.KV, D = first.D;
-  check_angles(cos, sin, B, D);
+  const StepInput in = step_input(tokens, embedding, inv_freq, positions.data_ptr<int64_t>(),
+                                  true, D, "paged_decode_layers");
   const std::vector<LayerWeights> layers =
-      stack_weights(x, norms, eps, proj, H, KV, D, k_pool.size());
+      stack_weights(in.x, norms, eps, proj, H, KV, D, k_pool.size());
   auto cache_at = [&](size_t l) {
     PagedCache c = first;
     c.k = k_pool[l].data_ptr<float>();
     c.v = v_pool[l].data_ptr<float>();
     return c;
   };
-  return stack(x, layers, cos.data_ptr<float>(), sin.data_ptr<float>(), cache_at, H, KV, D,
-               stack_head(head, x.size(1)));
+  return stack(in.x, layers, in.cos.data(), in.sin.data(), cache_at, H, KV, D,
+               stack_head(head, in.x.size(1)));
 }
 
 // ---- a prompt's RMSNorm and RoPE: one pass each instead of PyTorch's ~6 elementwise ops ----
@@ -1325,13 +1379,13 @@ TORCH_LIBRARY(llama3_kernels, m) {
       "paged_decode_attention(Tensor q, Tensor k, Tensor v, Tensor slots, Tensor lengths, "
       "float scale) -> Tensor");
   m.def(
-      "decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, Tensor sin, "
-      "Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor pos, int n_heads, Tensor[] head) -> "
-      "Tensor");
+      "decode_layers(Tensor tokens, Tensor[] embedding, Tensor inv_freq, Tensor[] norms, "
+      "float eps, Tensor[] proj, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, Tensor pos, "
+      "int n_heads, Tensor[] head) -> Tensor");
   m.def(
-      "paged_decode_layers(Tensor x, Tensor[] norms, float eps, Tensor[] proj, Tensor cos, "
-      "Tensor sin, Tensor(a!)[] k_pool, Tensor(b!)[] v_pool, Tensor slot, Tensor slots, "
-      "Tensor lengths, int n_heads, Tensor[] head) -> Tensor");
+      "paged_decode_layers(Tensor tokens, Tensor[] embedding, Tensor inv_freq, Tensor positions, "
+      "Tensor[] norms, float eps, Tensor[] proj, Tensor(a!)[] k_pool, Tensor(b!)[] v_pool, "
+      "Tensor slot, Tensor slots, Tensor lengths, int n_heads, Tensor[] head) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {

@@ -48,6 +48,8 @@ def eligible(model: torch.nn.Module) -> bool:
 def _eligible(model) -> bool:
     if model.device.type != "cpu" or model.dtype != torch.float32 or model.params.head_dim % 8:
         return False
+    if _embedding(model.tok_embeddings) is None:
+        return False
     for layer in model.layers:
         att, ff = layer.attention, layer.feed_forward
         if not all(_native_proj(m) for m in (att.wqkv, att.wo, ff.w13, ff.w2)):
@@ -56,6 +58,20 @@ def _eligible(model) -> bool:
             if norm.weight.dtype != torch.float32:
                 return False
     return kernels.available()
+
+
+def _embedding(module) -> list[torch.Tensor] | None:
+    """The token table as the kernel takes it: int8 codes and row scales (Int8Embedding), or a
+    float32 table; None for anything else."""
+    codes = getattr(module, "codes", None)
+    if isinstance(codes, torch.Tensor) and codes.dtype == torch.int8 and codes.is_contiguous():
+        if getattr(module, "out_dtype", None) == torch.float32:
+            return [codes, module.scale]
+        return None
+    weight = getattr(module, "weight", None)
+    if isinstance(module, torch.nn.Embedding) and weight.dtype == torch.float32:
+        return [weight.data.contiguous()] if weight.is_contiguous() else None
+    return None
 
 
 def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) -> bool:
@@ -79,11 +95,11 @@ def _parts(proj) -> list[torch.Tensor]:
     return [proj.packed, proj.scale, proj.zero]
 
 
-def _weights(model) -> tuple[list[torch.Tensor], float, list[torch.Tensor], list[torch.Tensor]]:
-    """(norms, eps, projections, head) as `decode_layers` takes them: each layer's two norms; the
-    codes, scale and zero of its wqkv, wo, w13 and w2; and the final norm's weight with the output
-    projection's tensors when that projection is native too (else nothing: the step ends in
-    hidden states and the modules finish it)."""
+def _weights(model) -> dict:
+    """What `decode_layers` takes, gathered once: the token table (`_embedding`); each layer's
+    two norms; the codes, scale and zero of its wqkv, wo, w13 and w2; and the final norm's weight
+    with the output projection's tensors when that projection is native too (else nothing: the
+    step ends in hidden states and the modules finish it)."""
     norms, parts = [], []
     for layer in model.layers:
         att, ff = layer.attention, layer.feed_forward
@@ -93,33 +109,31 @@ def _weights(model) -> tuple[list[torch.Tensor], float, list[torch.Tensor], list
     head = []
     if _native_proj(model.output) and model.norm.eps == eps:
         head = [model.norm.weight, *_parts(model.output)]
-    return norms, eps, parts, head
+    embedding = _embedding(model.tok_embeddings)
+    return dict(embedding=embedding, norms=norms, eps=eps, proj=parts, head=head)
 
 
 def decode(
-    model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | PagedBatch, cos, sin
+    model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | PagedBatch
 ) -> tuple[torch.Tensor, bool]:
     """(logits, True) when the step also ran the final norm and the output projection, else
     (hidden states after every layer, False); shaped like the embeddings of `tokens` with the
     vocabulary or dim last: (bsz, 1, ...) for a contiguous cache, (1, T, ...) for an engine step of
-    T decoding sequences."""
+    T decoding sequences. The kernel looks the tokens up and makes their rotation angles itself."""
     shape = tokens.shape
-    rows = tokens.numel()
-    h = model.tok_embeddings(tokens).reshape(rows, -1)
-    half = cos.shape[-1]
-    # each row's rotation angles (one position for every row of a contiguous cache)
-    cos = cos.reshape(-1, half).expand(rows, half).contiguous()
-    sin = sin.reshape(-1, half).expand(rows, half).contiguous()
-    n_heads = model.params.n_heads
-    norms, eps, parts, head = model._native_weights
+    ids = tokens.reshape(-1).long().contiguous()
+    w = model._native_weights
+    inv_freq = model.inv_freq(tokens.device)
     if isinstance(cache, PagedBatch):
         slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order
         h = torch.ops.llama3_kernels.paged_decode_layers(
-            h, norms, eps, parts, cos, sin, cache.pool.k, cache.pool.v,
-            cache.slot_mapping, slots, lengths, n_heads, head,
+            ids, w["embedding"], inv_freq, positions.reshape(-1).long().contiguous(), w["norms"],
+            w["eps"], w["proj"], cache.pool.k, cache.pool.v, cache.slot_mapping, slots, lengths,
+            model.params.n_heads, w["head"],
         )  # fmt: skip
     else:
         h = torch.ops.llama3_kernels.decode_layers(
-            h, norms, eps, parts, cos, sin, cache.k, cache.v, positions.reshape(1), n_heads, head
-        )
-    return h.reshape(*shape, -1), bool(head)
+            ids, w["embedding"], inv_freq, w["norms"], w["eps"], w["proj"], cache.k, cache.v,
+            positions.reshape(1), model.params.n_heads, w["head"],
+        )  # fmt: skip
+    return h.reshape(*shape, -1), bool(w["head"])

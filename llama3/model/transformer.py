@@ -212,11 +212,11 @@ class Transformer(nn.Module):
         seqlen = tokens.shape[1]
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
-        cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
         fused = False  # whether h already holds logits (the native step ran the head)
         if native_decode.usable(self, cache, tokens, positions):
-            h, fused = native_decode.decode(self, tokens, positions, cache, cos, sin)
+            h, fused = native_decode.decode(self, tokens, positions, cache)
         else:
+            cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
             h = self.tok_embeddings(tokens)
             for layer in self.layers:
                 h = layer(h, cos, sin, start_pos, cache)
