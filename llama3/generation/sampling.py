@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .. import kernels
 from ..errors import InvalidRequestError
 
 # A per-row parameter: one value for every row, or one value per row.
@@ -352,9 +353,17 @@ def _draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 def _argmax(x: Tensor) -> Tensor:
-    """The last dim's argmax (the first of tied maxima, NaN counting as the largest): max's
-    indices, by the same rule, which a CPU finds 2.4x faster than argmax's (32 against 77 us
-    for a 49k vocabulary)."""
+    """The last dim's argmax of a (batch, vocab) matrix (the first of tied maxima, NaN counting
+    as the largest): on a CPU the native kernel's (two vectorized passes: ~4 us for a 49k
+    vocabulary), else max's indices by the same rule (2.4x faster than argmax's on a CPU)."""
+    if (
+        x.dim() == 2
+        and x.shape[1] > 0
+        and x.stride(1) == 1
+        and not x.requires_grad
+        and kernels.native_elementwise(x)
+    ):
+        return torch.ops.llama3_kernels.argmax_rows(x)
     return x.max(dim=-1).indices
 
 

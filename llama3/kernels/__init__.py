@@ -9,7 +9,7 @@ AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 stack of decoder layers), and for
 prompts' bfloat16 products (`quant.bf16_rows`) `scale_columns` (outputs widened and scaled per
 column), `swiglu_bf16` (a fused w1/w3's SwiGLU in bfloat16) and `int4_rows_bf16` (int4 rows
-dequantized to bfloat16).
+dequantized to bfloat16); and `rms_norm`, `rope` and `argmax_rows` for float32 rows.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """
@@ -172,6 +172,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llama3_kernels::rope")
     def _(x, cos, sin):
         return x.new_empty(x.shape)
+
+    @torch.library.register_fake("llama3_kernels::argmax_rows")
+    def _(x):
+        return x.new_empty(x.shape[0], dtype=torch.long)
 
 
 def native_elementwise(*tensors: torch.Tensor) -> bool:

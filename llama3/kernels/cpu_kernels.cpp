@@ -1215,6 +1215,53 @@ at::Tensor rope_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
   return out;
 }
 
+// ---- the index of each row's largest value (greedy decoding) ----
+// The first of tied maxima, a NaN counting as the largest (torch.argmax's rule): one pass for the
+// maximum (and whether a NaN is there), one for its first index; ~10x faster than torch.max's
+// index reduction on a 49k-vocabulary row.
+
+int64_t argmax_row(const float* x, int64_t n) {
+  __m256 best = _mm256_set1_ps(-INFINITY);
+  __m256 nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    best = _mm256_max_ps(best, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, best);
+  float top = lanes[0];
+  for (int j = 1; j < 8; ++j) top = std::max(top, lanes[j]);
+  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  for (int64_t j = i; j < n; ++j) {
+    any_nan |= std::isnan(x[j]);
+    top = std::max(top, x[j]);
+  }
+  if (any_nan) {
+    for (int64_t j = 0; j < n; ++j)
+      if (std::isnan(x[j])) return j;
+  }
+  const __m256 t = _mm256_set1_ps(top);
+  for (i = 0; i + 8 <= n; i += 8)
+    if (const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), t, _CMP_EQ_OQ)))
+      return i + __builtin_ctz(m);
+  for (; i < n; ++i)
+    if (x[i] == top) return i;
+  return 0;  // an empty row (never asked) or only -inf: the first index, as torch's rule gives
+}
+
+at::Tensor argmax_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu() &&
+                  x.stride(1) == 1 && x.size(1) > 0,
+              "argmax_rows: x must be a float32 CPU matrix with contiguous, non-empty rows");
+  at::Tensor out = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  const float* p = x.data_ptr<float>();
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < x.size(0); ++r) o[r] = argmax_row(p + r * x.stride(0), x.size(1));
+  return out;
+}
+
 // ---- bfloat16 <-> float32, 8 at a time and one at a time ----
 
 inline __m256 widen8(const uint16_t* a) {
@@ -1370,6 +1417,7 @@ TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("argmax_rows(Tensor x) -> Tensor");
   m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
   m.def("int4_rows_bf16(Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("swiglu_bf16(Tensor gate, Tensor up, Tensor gscale, Tensor uscale, Tensor(a!) out) -> ()");
@@ -1392,6 +1440,7 @@ TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("rms_norm", &rms_norm_op);
   m.impl("rope", &rope_op);
+  m.impl("argmax_rows", &argmax_rows);
   m.impl("scale_columns", &scale_columns);
   m.impl("int4_rows_bf16", &int4_rows_bf16);
   m.impl("swiglu_bf16", &swiglu_bf16);
