@@ -1,7 +1,8 @@
-// Weight-only int8 and int4 products, decode-time attention and whole int8/int4 decoder layers
-// for x86 CPUs with AVX2 and FMA, and AVX-512 VNNI products where the CPU has it (llama3.kernels
-// builds this file once per CPU with the system C++ compiler, -march=native, and loads it as the
-// torch ops llama3_kernels::*).
+// Weight-only int8 and int4 products, decode-time attention, whole decode steps of int8/int4
+// models (every layer and the head in one call), and RMSNorm, RoPE and argmax passes for float32
+// rows, for x86 CPUs with AVX2 and FMA, and AVX-512 VNNI products where the CPU has it
+// (llama3.kernels builds this file once per CPU with the system C++ compiler, -march=native, and
+// loads it as the torch ops llama3_kernels::*).
 //
 // Why: decoding reads every weight once per token, so a product of a few rows must stream its
 // weights at memory speed. PyTorch's CPU int8/int4 kernels either quantize activations to 7 bits
@@ -108,6 +109,35 @@ inline int64_t slot(Layout layout, int64_t k, int64_t K) {
   return (k & ~int64_t(63)) + ((k & 1) << 5) + (((k >> 5) & 1) << 4) + ((k & 31) >> 1);
 }
 
+// the largest |x[k]| (NaNs ignored), 8 lanes at a time
+inline float abs_max(const float* x, int64_t K) {
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 top = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8)  // max(v, top): a NaN in v leaves top
+    top = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + k), magnitude), top);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, top);
+  float amax = 0.f;
+  for (float v : lanes) amax = std::max(amax, v);
+  for (; k < K; ++k) amax = std::max(amax, std::fabs(x[k]));
+  return amax;
+}
+
+// q[k] = round-to-nearest-even(x[k] * inv), 16 at a time (the rounding of nearbyint)
+inline void round_to_int16(const float* x, int64_t K, float inv, int16_t* q) {
+  const __m256 iv = _mm256_set1_ps(inv);
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), iv));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), iv));
+    // packs interleaves the 128-bit halves: put a's and b's back in order
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                        _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+  }
+  for (; k < K; ++k) q[k] = static_cast<int16_t>(std::nearbyint(x[k] * inv));
+}
+
 struct Int16Rows {
   std::vector<int16_t> q;
   std::vector<float> step;
@@ -116,15 +146,19 @@ struct Int16Rows {
   Int16Rows(const float* x, int64_t M, int64_t K, Layout layout)
       : q(M * K), step(M), K(K), layout(layout) {
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      std::vector<int16_t> natural(layout == Layout::Plain ? 0 : K);
       for (int64_t m = m0; m < m1; ++m) {
         const float* xr = x + m * K;
         int16_t* qr = q.data() + m * K;
-        float amax = 0.f;
-        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+        const float amax = abs_max(xr, K);
         const float s = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / s;
         step[m] = s;
-        for (int64_t k = 0; k < K; ++k)
-          qr[slot(layout, k, K)] = static_cast<int16_t>(std::nearbyint(xr[k] * inv));
+        if (layout == Layout::Plain) {
+          round_to_int16(xr, K, inv, qr);
+          continue;
+        }
+        round_to_int16(xr, K, inv, natural.data());
+        for (int64_t k = 0; k < K; ++k) qr[slot(layout, k, K)] = natural[k];
       }
     });
   }

@@ -1,11 +1,13 @@
-"""Decode steps through the native CPU layer kernels (`llama3_kernels::decode_layers` and
+"""Decode steps through the native CPU kernels (`llama3_kernels::decode_layers` and
 `paged_decode_layers`).
 
 One new token per row on a CPU model whose projections are int8 or int4 with the native kernels
 (what `--quantize int8|int4`, quantized checkpoints and 4-bit GGUF blocks give) and a float32
-cache: all layers are one call — per layer norm, fused q/k/v, RoPE, cache write, attention, wo,
-norm, fused w1/w3, SiLU, w2 — instead of about nine operator calls a layer, whose dispatch was
-~25 % of a step on a small model (and a call per layer, with its parallel regions, ~12 %). Two caches: the contiguous one of `generate`, chat and the bench (every row at one
+cache: the whole step is one call — the token lookup and rotation angles, per layer norm, fused
+q/k/v, RoPE, cache write, attention, wo, norm, fused w1/w3, SiLU, w2, then the final norm and
+the output head when that is native too — instead of about nine operator calls a layer, whose
+dispatch was ~25 % of a step on a small model (and a call per layer, with its parallel regions,
+~12 %). Two caches: the contiguous one of `generate`, chat and the bench (every row at one
 position), and the serving engine's paged pool on steps that only decode (each row its own position
 and slots). Anything else (prompt chunks, other weights, devices or dtypes) takes the module path.
 """
@@ -70,7 +72,7 @@ def _embedding(module) -> list[torch.Tensor] | None:
         return None
     weight = getattr(module, "weight", None)
     if isinstance(module, torch.nn.Embedding) and weight.dtype == torch.float32:
-        return [weight.data.contiguous()] if weight.is_contiguous() else None
+        return [weight.data] if weight.is_contiguous() else None
     return None
 
 
