@@ -192,6 +192,12 @@ void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScal
               dot(std::integral_constant<int, 1>{}, std::integral_constant<int, MaxC>{}, m, n, out);
               store(m, 1, n, MaxC);
             }
+          else if (r == kRowBlock)  // two weight rows per pass: each load of x serves both
+            for (; n + 2 <= n1; n += 2) {
+              dot(std::integral_constant<int, kRowBlock>{}, std::integral_constant<int, 2>{}, m, n,
+                  out);
+              store(m, kRowBlock, n, 2);
+            }
         }
         for (; n < n1; ++n) {
           constexpr std::integral_constant<int, 1> one{};
