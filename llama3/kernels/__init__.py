@@ -6,10 +6,10 @@ compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 pr
 AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `~/.cache/llama3/kernels`), then loaded as the torch ops `llama3_kernels::int8_mm`, `int4_mm`,
 `decode_attention`, `paged_decode_attention`, `decode_layers`, `paged_decode_layers` (a whole
-stack of decoder layers), and for
-prompts' bfloat16 products (`quant.bf16_rows`) `scale_columns` (outputs widened and scaled per
-column), `swiglu_bf16` (a fused w1/w3's SwiGLU in bfloat16) and `int4_rows_bf16` (int4 rows
-dequantized to bfloat16); and `rms_norm`, `rope` and `argmax_rows` for float32 rows.
+decode step: every layer and the head); for prompts' bfloat16 products (`quant.bf16_rows`)
+`scale_columns` (outputs widened and scaled per column), `swiglu_bf16` (a fused w1/w3's SwiGLU in
+bfloat16) and `int4_rows_bf16` (int4 rows dequantized to bfloat16); and `rms_norm`, `rope` and
+`argmax_rows` for float32 rows.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """
@@ -179,8 +179,8 @@ def _register_fakes() -> None:
 
 
 def native_elementwise(*tensors: torch.Tensor) -> bool:
-    """Whether `rms_norm` and `rope` can take these tensors: float32 on the CPU, nothing that
-    autograd must follow (the ops have no backward), not while torch.compile traces (Inductor
+    """Whether `rms_norm`, `rope` and `argmax_rows` can take these tensors: float32 on the CPU,
+    nothing that autograd must follow (the ops have no backward), not while torch.compile traces (Inductor
     fuses the PyTorch version itself), the kernels loaded."""
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32:

@@ -584,9 +584,6 @@ struct Proj {
       int4_rows(in.xq, in.xsum.data(), static_cast<const uint8_t*>(codes), scale, zero, group, N,
                 y, span);
   }
-  void product(const float* x, int64_t M, int64_t K, float* y) const {
-    rows(input(x, M, K), y, {0, N});
-  }
 };
 
 void check_int4(const at::Tensor& packed, const at::Tensor& scale, const at::Tensor& zero,
