@@ -126,3 +126,14 @@ def test_the_layer_stack_gives_the_same_bits_on_any_thread_count(tiny, scheme):
         assert torch.equal(logits, other_logits)
         for a, b in zip(cache.k + cache.v, other_cache.k + other_cache.v):
             assert torch.equal(a, b)
+
+
+def test_a_token_outside_the_vocabulary_is_a_clear_error(tiny):
+    llm = Llama.load(tiny.path("3.0", "gguf"), max_seq_len=32, quantize="int8")
+    model = llm.model
+    cache = KVCache(model.params, 1, 32)
+    model(torch.tensor([[5, 6, 7]]), 0, cache)
+    vocab = model.params.vocab_size
+    assert native_decode.usable(model, cache, torch.tensor([[vocab]]), torch.tensor([3]))
+    with pytest.raises(RuntimeError, match=f"token id {vocab} outside the vocabulary"):
+        model(torch.tensor([[vocab]]), 3, cache)
