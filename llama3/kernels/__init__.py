@@ -1,5 +1,6 @@
-"""Native CPU kernels (cpu_kernels.cpp), built on first use: weight-only int8/int4 products,
-decode-time attention (contiguous cache and paged pool) and whole int8 decoder layers.
+"""Native CPU kernels (cpu_kernels.cpp, amx_attention.cpp), built on first use: weight-only
+int8/int4 products, decode-time attention (contiguous cache and paged pool), whole int8 decoder
+layers and prompts' attention on AMX tiles.
 
 The source is compiled once per (source, torch version, compiler flags, CPU) with the system C++
 compiler against PyTorch's headers, for the CPU at hand (AVX2 + FMA; the int8 products use
@@ -8,8 +9,9 @@ AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `decode_attention`, `paged_decode_attention`, `decode_layers`, `paged_decode_layers` (a whole
 decode step: every layer and the head); for prompts' bfloat16 products (`quant.bf16_rows`)
 `scale_columns` (outputs widened and scaled per column), `swiglu_bf16` (a fused w1/w3's SwiGLU in
-bfloat16) and `int4_rows_bf16` (int4 rows dequantized to bfloat16); and `rms_norm`, `rope` and
-`argmax_rows` for float32 rows.
+bfloat16), `int8_rows_bf16` / `int4_rows_bf16` (int8 codes, int4 rows to bfloat16) and, on
+CPUs with AMX tiles, `amx_attention` (amx_attention.cpp: their causal attention); and
+`rms_norm`, `rope` and `argmax_rows` for float32 rows.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """
@@ -31,7 +33,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
+#: compiled together into one library: the int8/int4 products, decode steps and passes, and the
+#: prompts' attention on AMX tiles (empty where the build has no AMX)
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "amx_attention.cpp")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w"]
 
 
@@ -73,7 +77,7 @@ def _build(target: Path) -> None:
     torch_dir = Path(torch.__file__).parent
     from torch.utils.cpp_extension import include_paths
 
-    cmd = [_compiler(), *_FLAGS, _march(), str(SOURCE)]
+    cmd = [_compiler(), *_FLAGS, _march(), *map(str, SOURCES)]
     cmd += [f"-I{p}" for p in include_paths()]
     cmd += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
     lib = torch_dir / "lib"
@@ -109,7 +113,8 @@ def cpu_flags() -> str:
 
 def _library_path() -> Path:
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     key.update(" ".join([torch.__version__, *_FLAGS, _march(), cpu_flags()]).encode())
     return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"
 
@@ -173,6 +178,11 @@ def _register_fakes() -> None:
     def _(x, cos, sin):
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake("llama3_kernels::amx_attention")
+    def _(q, k, v, scale):
+        b, h, lq, d = q.shape
+        return q.new_empty(b, lq, h, d, dtype=torch.float32)
+
     @torch.library.register_fake("llama3_kernels::argmax_rows")
     def _(x):
         return x.new_empty(x.shape[0], dtype=torch.long)
@@ -188,6 +198,26 @@ def native_elementwise(*tensors: torch.Tensor) -> bool:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return not torch.compiler.is_compiling() and available()
+
+
+@functools.cache
+def has_amx() -> bool:
+    """Whether the kernels run on AMX tiles here: built for a CPU with them (not the AVX2-only
+    build) and granted the tiles' state by the kernel (Linux 5.16+)."""
+    return available() and bool(torch.ops.llama3_kernels.has_amx())
+
+
+def amx_attention_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether bfloat16 queries `q` (B, H, Lq, hd) over keys `k` can take
+    `llama3_kernels::amx_attention`: CPU tensors, head_dim 64/128/192/256, nothing that autograd
+    must follow, not while torch.compile traces, AMX here."""
+    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or k.device.type != "cpu":
+        return False
+    if q.shape[-1] % 64 or q.shape[-1] > 256 or q.stride(-1) != 1 or k.stride(-1) != 1:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return False
+    return not torch.compiler.is_compiling() and has_amx()
 
 
 def native_attention(cache: torch.Tensor) -> bool:

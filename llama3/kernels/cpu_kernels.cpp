@@ -1448,6 +1448,32 @@ at::Tensor int4_rows_bf16(const at::Tensor& packed, const at::Tensor& scale,
   return out;
 }
 
+// ---- int8 codes to bfloat16, for a prompt's bfloat16 products ----
+// Exact: an int8's float has at most 8 significant bits, so its bfloat16 is the float's upper
+// half. One pass, 16 codes a step, where PyTorch's conversion took 2-4x as long.
+
+at::Tensor int8_rows_bf16(const at::Tensor& codes) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous() &&
+                  codes.device().is_cpu(),
+              "int8_rows_bf16: codes must be a contiguous int8 CPU matrix");
+  at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kBFloat16));
+  const int8_t* src = codes.data_ptr<int8_t>();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, codes.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    auto upper = [](const int8_t* p) {  // 8 codes' floats, upper halves in the low 16 bits
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+      return _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))), 16);
+    };
+    for (; i + 16 <= i1; i += 16) {  // packus interleaves 128-bit lanes; the permute restores order
+      const __m256i both = _mm256_packus_epi32(upper(src + i), upper(src + i + 8));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(both, 0xD8));
+    }
+    for (; i < i1; ++i) dst[i] = narrow1(static_cast<float>(src[i]));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(llama3_kernels, m) {
@@ -1457,6 +1483,7 @@ TORCH_LIBRARY(llama3_kernels, m) {
   m.def("argmax_rows(Tensor x) -> Tensor");
   m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
   m.def("int4_rows_bf16(Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
+  m.def("int8_rows_bf16(Tensor codes) -> Tensor");
   m.def("swiglu_bf16(Tensor gate, Tensor up, Tensor gscale, Tensor uscale, Tensor(a!) out) -> ()");
   m.def("int4_mm(Tensor x, Tensor packed, Tensor scale, Tensor zero, int group) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor pos, float scale) -> Tensor");
@@ -1480,6 +1507,7 @@ TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("argmax_rows", &argmax_rows);
   m.impl("scale_columns", &scale_columns);
   m.impl("int4_rows_bf16", &int4_rows_bf16);
+  m.impl("int8_rows_bf16", &int8_rows_bf16);
   m.impl("swiglu_bf16", &swiglu_bf16);
   m.impl("int4_mm", &int4_mm);
   m.impl("decode_attention", &decode_attention);

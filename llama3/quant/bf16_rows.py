@@ -6,7 +6,8 @@ GMAC/s on 2 Xeon cores). int8 codes are exact in bfloat16, so a prompt's product
 of a slab of rows and the activations to bfloat16, multiply there (float32 sums) and scale the
 result in float32. The cost is the activations' and outputs' rounding to bfloat16 (2^-9 relative),
 measured in BENCHMARKS.md's quality table; decoding (a few rows) keeps the int16-grid kernels.
-A quantized model's prompt chunks also attend in bfloat16 (`attention_applies`, ~2.6x faster).
+A quantized model's prompt chunks also attend in bfloat16 (`attention_applies`; on AMX tiles,
+`llama3_kernels::amx_attention`: 3-4x faster than float32 SDPA).
 `LLAMA3_BF16_PREFILL=0` turns it off; CPUs without AMX never take it (their bfloat16 GEMM is
 slower than float32).
 """

@@ -161,7 +161,8 @@ class Int8Linear(bf16_rows.PromptProducts, nn.Module):
     def _prompt_rows(self):
         if self._key is not None or self.codes.device.type != "cpu" or not kernels.available():
             return None
-        return (lambda s, e: self.codes[s:e]), self.scale
+        # codes straight to bfloat16 (exact), in one native pass
+        return (lambda s, e: torch.ops.llama3_kernels.int8_rows_bf16(self.codes[s:e])), self.scale
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         n = x2.shape[0]

@@ -174,3 +174,17 @@ def test_int4_rows_reach_bfloat16_as_the_eager_dequantization_does():
         want = layer._dequantize_rows(0, 70, layer._slab(70)).to(torch.bfloat16)
         assert torch.equal(layer._bf16_rows(0, 70), want)
         assert torch.equal(layer._bf16_rows(20, 45), want[20:45])
+
+
+def test_int8_codes_reach_bfloat16_exactly():
+    """`int8_rows_bf16` is PyTorch's int8 -> bfloat16 conversion bit for bit: every code value,
+    vector body and tail, and the row slices an int8 layer's prompt products hand it."""
+    assert kernels.available(), kernels.unavailable_reason()
+    every = torch.arange(-128, 128, dtype=torch.int8).reshape(8, 32)
+    assert torch.equal(torch.ops.llama3_kernels.int8_rows_bf16(every), every.to(torch.bfloat16))
+    odd = torch.randint(-128, 128, (7, 37), dtype=torch.int8, generator=torch.Generator())
+    assert torch.equal(torch.ops.llama3_kernels.int8_rows_bf16(odd), odd.to(torch.bfloat16))
+    layer = Int8Linear.from_float(torch.randn(70, 96, generator=torch.Generator().manual_seed(7)))
+    rows, scale = layer._prompt_rows()
+    assert torch.equal(rows(20, 45), layer.codes[20:45].to(torch.bfloat16))
+    assert scale is layer.scale

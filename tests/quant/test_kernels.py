@@ -78,6 +78,7 @@ def test_the_avx2_build_passes_the_kernel_tests(tmp_path):
         "tests/model/test_native_decode.py",
         "tests/model/test_decode_attention.py",
         "tests/model/test_native_elementwise.py",
+        "tests/quant/test_bf16_rows.py",
     ]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run(
@@ -93,3 +94,14 @@ def test_the_avx2_build_passes_the_kernel_tests(tmp_path):
     assert " passed" in summary and "skipped" not in summary, summary
     built = list((tmp_path / "cache").glob("llama3_kernels-*.so"))
     assert len(built) == 1  # the kernels were on (built for haswell), not the fallback
+    # that build has no AMX tiles: prompts' bfloat16 attention falls back to SDPA (bfloat16 out)
+    probe = (
+        "import torch; from llama3 import kernels; from llama3.model.attention import "
+        "causal_attention as a\n"
+        "q, k = torch.randn(1, 2, 40, 64).bfloat16(), torch.randn(1, 1, 40, 64)\n"
+        "print(kernels.has_amx(), a(q, k, k).dtype)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.stdout.split() == ["False", "torch.bfloat16"], out.stdout + out.stderr[-2000:]
