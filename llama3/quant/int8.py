@@ -151,8 +151,8 @@ class Int8Linear(bf16_rows.PromptProducts, nn.Module):
             x2 = x2.float()
         if self._key is not None:
             y = self._fbgemm(x2)
-        elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX
-            y = bf16_rows.product(x2, self.out_features, lambda s, e: self.codes[s:e], self.scale)
+        elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX (kernels loaded: _key None)
+            y = bf16_rows.product(x2, self.out_features, *self._prompt_rows())
         else:
             y = torch.ops.llama3_kernels.int8_mm(x2.contiguous(), self.codes, self.scale)
         y = y.reshape(*shape[:-1], self.out_features)
