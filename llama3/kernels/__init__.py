@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: compiled together into one library: the int8/int4 products, decode steps and passes, and the
 #: prompts' attention on AMX tiles (empty where the build has no AMX)
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_kernels.cpp", "amx_attention.cpp")]
+#: what they include: part of the build's cache key
+HEADERS = [Path(__file__).with_name("simd512.h")]
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-fPIC", "-shared", "-std=c++20", "-w"]
 
 
@@ -113,7 +115,7 @@ def cpu_flags() -> str:
 
 def _library_path() -> Path:
     key = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         key.update(source.read_bytes())
     key.update(" ".join([torch.__version__, *_FLAGS, _march(), cpu_flags()]).encode())
     return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"

@@ -25,6 +25,8 @@
 #include <memory>
 #include <vector>
 
+#include "simd512.h"
+
 namespace {
 
 // A block is 32 query rows (two tiles of rows) against two tiles of keys or of output dims at a
@@ -45,21 +47,6 @@ bool tiles_permitted() {
   static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
                                  18 /* XFEATURE_XTILEDATA */) == 0;
   return ok;
-}
-
-// 2^x for x <= 0 (scores minus their row's maximum, in base 2): 2^n * p(f), n = round(x),
-// p of degree 5 on [-1/2, 1/2] (relative error ~2e-7; the probabilities then round to bfloat16);
-// vscalefps takes n < -149 to 0, so no clamp.
-inline __m512 exp2_16(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.3333558146e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
 }
 
 // All eight tiles are 16 rows of 64 bytes: tmm0-3 float32 sums (16x16), tmm4-5 A operands (16

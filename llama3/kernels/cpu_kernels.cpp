@@ -26,6 +26,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "simd512.h"
+
 namespace {
 
 constexpr int64_t kRowBlock = 4;    // activation rows per pass over a weight row
@@ -1354,6 +1356,10 @@ void scale_columns(const at::Tensor& part, const at::Tensor& scale, at::Tensor& 
       const uint16_t* a = src + m * N;
       float* o = dst + m * ldo;
       int64_t n = 0;
+#if defined(__AVX512F__)
+      for (; n + 16 <= N; n += 16)
+        _mm512_storeu_ps(o + n, _mm512_mul_ps(widen16(a + n), _mm512_loadu_ps(sc + n)));
+#endif
       for (; n + 8 <= N; n += 8) _mm256_storeu_ps(o + n, _mm256_mul_ps(widen8(a + n), _mm256_loadu_ps(sc + n)));
       for (; n < N; ++n) o[n] = widen1(a[n]) * sc[n];
     }
@@ -1397,6 +1403,16 @@ void swiglu_bf16(const at::Tensor& gate, const at::Tensor& up, const at::Tensor&
       const uint16_t *gr = g + m * ldg, *ur = u + m * ldu;
       uint16_t* orow = o + m * ldo;
       int64_t n = 0;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+      for (; n + 16 <= N; n += 16) {  // SiLU(a) = a / (1 + 2^(-a log2 e))
+        const __m512 a = _mm512_mul_ps(widen16(gr + n), _mm512_loadu_ps(gs + n));
+        const __m512 b = _mm512_mul_ps(widen16(ur + n), _mm512_loadu_ps(us + n));
+        const __m512 e = exp2_16(_mm512_mul_ps(a, _mm512_set1_ps(-1.44269504f)));
+        const __m512 silu = _mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(orow + n),
+                            (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, b)));
+      }
+#endif
       for (; n + 8 <= N; n += 8) {
         __m256 a = _mm256_mul_ps(widen8(gr + n), _mm256_loadu_ps(gs + n));
         __m256 b = _mm256_mul_ps(widen8(ur + n), _mm256_loadu_ps(us + n));

@@ -169,7 +169,7 @@ def test_embeddings_are_int8_rows_held_once(tiny, variant):
 
 
 def _ppl_kl(ref: Llama, q: Llama, text: str) -> tuple[float, float, float, float]:
-    ids = torch.tensor([ref.tokenizer.encode_prompt(text)])
+    ids = torch.tensor([ref.tokenizer.encode_prompt(text)[:2048]])
     with torch.inference_mode():
         lf = torch.log_softmax(ref.model(ids)[0], -1)
         lq = torch.log_softmax(q.model(ids)[0], -1)
@@ -181,12 +181,15 @@ def _ppl_kl(ref: Llama, q: Llama, text: str) -> tuple[float, float, float, float
     return ppl_f, ppl_q, kl, agree
 
 
-TEXT = (
-    "The llama is a domesticated South American camelid, widely used as a meat and pack "
-    "animal by Andean cultures since the pre-Columbian era. Llamas are social animals and "
-    "live with others as a herd. Their wool is soft and contains only a small amount of "
-    "lanolin. Llamas can learn simple tasks after a few repetitions."
-)
+def long_text() -> str:
+    """~2k tokens of English prose that ships with CPython (the language reference's topics):
+    a perplexity ratio over a few dozen tokens moves by ~1 % with any rounding change, over 2k
+    its standard error is ~0.25 %."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(
+        topics[k] for k in ("assignment", "class", "function", "if", "while", "try", "with")
+    )
 
 
 def test_smollm2_int8_is_within_one_percent_of_float(smollm2, smollm2_path):
@@ -195,8 +198,8 @@ def test_smollm2_int8_is_within_one_percent_of_float(smollm2, smollm2_path):
     assert isinstance(q.model.layers[0].attention.wqkv, Int8Linear)
     assert isinstance(q.model.output, Int8Linear)
     assert q.model.tok_embeddings.codes.data_ptr() == q.model.output.codes.data_ptr()  # tied
-    ppl_f, ppl_q, kl, agree = _ppl_kl(smollm2, q, TEXT)
-    # measured on this text: KL ~0.005, perplexity within 0.5 % (BENCHMARKS.md: a 4k-token run)
+    ppl_f, ppl_q, kl, agree = _ppl_kl(smollm2, q, long_text())
+    # measured on this text: KL ~0.005, perplexity +0.3 % (BENCHMARKS.md: a 4k-token run, +0.14 %)
     assert kl < 0.02, kl
     assert abs(ppl_q / ppl_f - 1) < 0.01, (ppl_f, ppl_q)
     assert agree > 0.9, agree
