@@ -77,6 +77,7 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
             f"{path.name}:{t.name}",
             ggml_type=qtype,
             raw=raw,
+            read_raw=lambda offset=t.offset, n=n_bytes: _read(path, offset, n),
         )
     if "output.weight" not in tensors:
         args = args.replace(tie_word_embeddings=True)
@@ -102,13 +103,18 @@ def _loader(path: Path, offset: int, raw: np.ndarray, qtype: int, shape: tuple[i
             return torch.from_numpy(raw.view(native[1])).view(shape)  # a view of the mapping
         # A conversion reads the bytes with pread, so the source pages never stay mapped (and
         # resident) beside the converted tensor.
-        buf = bytearray(raw.nbytes)
-        with open(path, "rb") as f:
-            got = os.preadv(f.fileno(), [buf], offset)
-        if got != len(buf):
-            raise CheckpointError(
-                f"{path.name}: a tensor ends early", "the file is truncated; download it again"
-            )
-        return dequantize(np.frombuffer(buf, dtype=np.uint8), qtype, shape, dtype=dtype)
+        return dequantize(_read(path, offset, raw.nbytes), qtype, shape, dtype=dtype)
 
     return load
+
+
+def _read(path: Path, offset: int, nbytes: int) -> np.ndarray:
+    """nbytes of the file from offset, read (not mapped) into a new uint8 array."""
+    buf = bytearray(nbytes)
+    with open(path, "rb") as f:
+        got = os.preadv(f.fileno(), [buf], offset)
+    if got != len(buf):
+        raise CheckpointError(
+            f"{path.name}: a tensor ends early", "the file is truncated; download it again"
+        )
+    return np.frombuffer(buf, dtype=np.uint8)

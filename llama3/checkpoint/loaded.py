@@ -33,6 +33,10 @@ class TensorSource:
     #: speed work can run quantized weights without a float copy
     ggml_type: int | None = None
     raw: Any = None
+    #: GGUF only: `raw`'s bytes read into memory of their own (a uint8 array), for code that
+    #: repacks them: reading through the mapping would leave its pages resident beside the repacked
+    #: copy for as long as any zero-copy view keeps the mapping open
+    read_raw: Callable[[], Any] | None = None
 
 
 @dataclass

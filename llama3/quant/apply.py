@@ -214,7 +214,8 @@ class LoadQuantizer:
             return False
         if leaf != "weight" or not _is_projection(module) or module == "output":
             return False  # (the head is int8: see QuantSpec.head)
-        layer = Int4Linear.from_gguf(source.raw, source.ggml_type, source.shape)
+        raw = source.read_raw() if source.read_raw is not None else source.raw
+        layer = Int4Linear.from_gguf(raw, source.ggml_type, source.shape)
         if layer is not None:
             self._ready[module] = layer
         return layer is not None
