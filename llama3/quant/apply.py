@@ -20,9 +20,9 @@ from torch import nn
 from ..checkpoint.loaded import TensorSource
 from ..errors import InvalidRequestError
 from . import PARTS, SCHEMES
-from .gguf_blocks import type_name
+from .gguf_blocks import block_layout, dequantize, type_name
 from .int4 import Int4Linear
-from .int8 import Int8Embedding, Int8Linear
+from .int8 import Int8Embedding, Int8Linear, quantize_rows
 
 #: projections that read the same input, run as one product: (parent attribute, fused name)
 FUSED = (("attention", ("wq", "wk", "wv"), "wqkv"), ("feed_forward", ("w1", "w3"), "w13"))
@@ -180,6 +180,29 @@ def saved_shapes(
     return out
 
 
+#: embedding rows dequantized at a time from a GGUF file's blocks
+_TABLE_CHUNK = 4096
+
+
+def _int8_table(source: TensorSource, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token table as int8 rows (`quantize_rows`). A GGUF table is dequantized a few thousand
+    rows at a time from its blocks: the whole float32 table was the load's peak (113 MB of
+    SmolLM2's, 2.1 GB of an 8B model's). Rows are quantized one by one, so it is the same table."""
+    if source.read_raw is None or source.ggml_type is None or len(source.shape) != 2:
+        return quantize_rows(source.load(torch.float32).to(device))
+    rows, cols = source.shape
+    block, type_size = block_layout(source.ggml_type)
+    row_bytes = cols // block * type_size
+    raw = source.read_raw()
+    codes = torch.empty(rows, cols, dtype=torch.int8, device=device)
+    scale = torch.empty(rows, dtype=torch.float32, device=device)
+    for lo in range(0, rows, _TABLE_CHUNK):
+        hi = min(rows, lo + _TABLE_CHUNK)
+        part = dequantize(raw[lo * row_bytes : hi * row_bytes], source.ggml_type, (hi - lo, cols))
+        codes[lo:hi], scale[lo:hi] = quantize_rows(part.to(device))
+    return codes, scale
+
+
 class LoadQuantizer:
     """Quantizes while `build_model` loads, so a layer's float weights die with the layer.
 
@@ -199,8 +222,7 @@ class LoadQuantizer:
 
     def take(self, name: str, source: TensorSource) -> bool:
         if name == "tok_embeddings.weight":  # quantized now: the float table never lives on
-            table = source.load(torch.float32).to(self.device)
-            self._embedding = Int8Embedding.from_float(table)
+            self._embedding = Int8Embedding(*_int8_table(source, self.device), torch.float32)
             return True
         module, _, leaf = name.rpartition(".")
         if leaf in PARTS:

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from llama3 import Llama, kernels
 from llama3.errors import InvalidRequestError
 from llama3.quant.apply import QuantSpec, check_device, quantize_model
-from llama3.quant.int8 import Int8Embedding, Int8Linear, codes_as_float, dequantized_product
+from llama3.quant.int8 import (
+    Int8Embedding,
+    Int8Linear,
+    codes_as_float,
+    dequantized_product,
+    quantize_rows,
+)
 
 
 @pytest.fixture(params=["kernel", "fbgemm"])
@@ -203,3 +209,22 @@ def test_smollm2_int8_is_within_one_percent_of_float(smollm2, smollm2_path):
     assert kl < 0.02, kl
     assert abs(ppl_q / ppl_f - 1) < 0.01, (ppl_f, ppl_q)
     assert agree > 0.9, agree
+
+
+def test_a_gguf_table_quantized_in_chunks_is_the_whole_tables_quantization(
+    smollm2, smollm2_path, monkeypatch
+):
+    """The token table is dequantized from the file's blocks a chunk of rows at a time (the whole
+    float32 table was the load's peak); rows quantize one by one, so nothing changes."""
+    from llama3.quant import apply
+
+    monkeypatch.setattr(apply, "_TABLE_CHUNK", 1000)  # chunks that do not divide the vocabulary
+    calls = []
+    real = apply.dequantize
+    monkeypatch.setattr(apply, "dequantize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    q = Llama.load(smollm2_path, max_seq_len=64, quantize="int8")
+    vocab = smollm2.model.params.vocab_size
+    assert len(calls) == -(-vocab // 1000) and calls[-1] == (vocab % 1000, 576)  # the chunks ran
+    codes, scale = quantize_rows(smollm2.model.tok_embeddings.weight)
+    assert torch.equal(q.model.tok_embeddings.codes, codes)
+    assert torch.equal(q.model.tok_embeddings.scale, scale)
