@@ -209,15 +209,16 @@ def has_amx() -> bool:
     return available() and bool(torch.ops.llama3_kernels.has_amx())
 
 
-def amx_attention_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether bfloat16 queries `q` (B, H, Lq, hd) over keys `k` can take
-    `llama3_kernels::amx_attention`: CPU tensors, head_dim 64/128/192/256, nothing that autograd
-    must follow, not while torch.compile traces, AMX here."""
-    if q.dtype != torch.bfloat16 or q.device.type != "cpu" or k.device.type != "cpu":
+def amx_attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether bfloat16 queries `q` (B, H, Lq, hd) over keys `k` and values `v` can take
+    `llama3_kernels::amx_attention`: CPU tensors with contiguous rows, head_dim 64/128/192/256,
+    nothing that autograd must follow (the op has no backward), not while torch.compile traces,
+    AMX here."""
+    if q.dtype != torch.bfloat16 or any(t.device.type != "cpu" for t in (q, k, v)):
         return False
-    if q.shape[-1] % 64 or q.shape[-1] > 256 or q.stride(-1) != 1 or k.stride(-1) != 1:
+    if q.shape[-1] % 64 or q.shape[-1] > 256 or any(t.stride(-1) != 1 for t in (q, k, v)):
         return False
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return False
     return not torch.compiler.is_compiling() and has_amx()
 

@@ -22,7 +22,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     float32, which is what their callers convert to.
     """
     q_len, kv_len = q.shape[2], k.shape[2]
-    if q_len > 1 and v.stride(-1) == 1 and kernels.amx_attention_applies(q, k):
+    if q_len > 1 and kernels.amx_attention_applies(q, k, v):
         out = torch.ops.llama3_kernels.amx_attention(q, k, v, q.shape[-1] ** -0.5)
         return out.transpose(1, 2)  # (b, heads, q_len, hd) over (b, q_len, heads, hd) memory
     k, v = k.to(q.dtype), v.to(q.dtype)

@@ -108,6 +108,11 @@ def test_causal_attention_takes_it_for_bfloat16_queries_only():
     grad = q.bfloat16().requires_grad_()  # fine-tuning: the op has no backward
     with torch.enable_grad():
         assert causal_attention(grad, k, v).requires_grad
+        # an adapter on the values alone (q and k frozen) still gets its gradient
+        vg = v.clone().requires_grad_()
+        out = causal_attention(q.bfloat16(), k, vg)
+        out.float().sum().backward()
+        assert vg.grad is not None and vg.grad.abs().sum() > 0
 
 
 def test_bad_input_is_a_clear_error():
