@@ -10,8 +10,9 @@ AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 decode step: every layer and the head); for prompts' bfloat16 products (`quant.bf16_rows`)
 `scale_columns` (outputs widened and scaled per column), `swiglu_bf16` (a fused w1/w3's SwiGLU in
 bfloat16), `int8_rows_bf16` / `int4_rows_bf16` (int8 codes, int4 rows to bfloat16) and, on
-CPUs with AMX tiles, `amx_attention` (amx_attention.cpp: their causal attention); and
-`rms_norm`, `rope` and `argmax_rows` for float32 rows.
+CPUs with AMX tiles, `amx_attention` (amx_attention.cpp: their causal attention) and
+`rms_norm_bf16` (a residual add and RMSNorm whose output feeds them); and `rms_norm`, `rope` and
+`argmax_rows` for float32 rows.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """
@@ -175,6 +176,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("llama3_kernels::rms_norm")
     def _(x, weight, eps):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("llama3_kernels::rms_norm_bf16")
+    def _(x, residual, weight, eps):
+        return torch.empty_like(x), torch.empty_like(x, dtype=torch.bfloat16)
 
     @torch.library.register_fake("llama3_kernels::rope")
     def _(x, cos, sin):

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -1329,6 +1330,46 @@ inline float widen1(uint16_t a) {
   return v;
 }
 
+// A prompt's RMSNorm whose output feeds bfloat16 products (quant.bf16_rows): (h, normed) with
+// h = x + residual (x itself without one) and normed = rms_norm(h) rounded to bfloat16 (to
+// nearest even, as PyTorch's conversion), the float32 rows never written: one pass where the
+// residual add, the norm and the products' conversion of their input were three.
+std::tuple<at::Tensor, at::Tensor> rms_norm_bf16(const at::Tensor& x,
+                                                 const std::optional<at::Tensor>& residual,
+                                                 const at::Tensor& w, double eps) {
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && w.numel() == K &&
+                  w.scalar_type() == at::kFloat && w.is_contiguous(),
+              "rms_norm_bf16: float32 CPU rows and a float32 weight of their size");
+  TORCH_CHECK(!residual || (residual->sizes() == x.sizes() &&
+                            residual->scalar_type() == at::kFloat && residual->device().is_cpu()),
+              "rms_norm_bf16: the residual must be float32 CPU rows of x's shape");
+  const at::Tensor xc = x.contiguous();
+  at::Tensor h = residual ? at::empty_like(xc) : xc;
+  const at::Tensor rc = residual ? residual->contiguous() : xc;
+  at::Tensor normed = at::empty(xc.sizes(), xc.options().dtype(at::kBFloat16));
+  const float *xp = xc.data_ptr<float>(), *rp = rc.data_ptr<float>(), *wp = w.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  uint16_t* np = reinterpret_cast<uint16_t*>(normed.data_ptr<at::BFloat16>());
+  const bool add = residual.has_value();
+  at::parallel_for(0, xc.numel() / std::max<int64_t>(K, 1), std::max<int64_t>(1, 16384 / K),
+                   [&](int64_t m0, int64_t m1) {
+    std::vector<float> row(K);
+    for (int64_t m = m0; m < m1; ++m) {
+      float* hr = hp + m * K;
+      if (add)
+        for (int64_t k = 0; k < K; ++k) hr[k] = xp[m * K + k] + rp[m * K + k];
+      rms_norm(hr, wp, static_cast<float>(eps), 1, K, row.data());
+      uint16_t* o = np + m * K;
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o + k), narrow8(_mm256_loadu_ps(row.data() + k)));
+      for (; k < K; ++k) o[k] = narrow1(row[k]);
+    }
+  });
+  return {h, normed};
+}
+
 // ---- bfloat16 products' outputs widened to float32 and scaled per column, in one pass ----
 // out[m, n] = float(part[m, n]) * scale[n]: a prompt's bfloat16 products (quant.bf16_rows) come
 // back as bfloat16 and their int8 codes' row scales apply per column. PyTorch's mixed-dtype
@@ -1495,6 +1536,7 @@ at::Tensor int8_rows_bf16(const at::Tensor& codes) {
 TORCH_LIBRARY(llama3_kernels, m) {
   m.def("int8_mm(Tensor x, Tensor codes, Tensor scale) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rms_norm_bf16(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   m.def("argmax_rows(Tensor x) -> Tensor");
   m.def("scale_columns(Tensor part, Tensor scale, Tensor(a!) out) -> ()");
@@ -1519,6 +1561,7 @@ TORCH_LIBRARY(llama3_kernels, m) {
 TORCH_LIBRARY_IMPL(llama3_kernels, CPU, m) {
   m.impl("int8_mm", &int8_mm);
   m.impl("rms_norm", &rms_norm_op);
+  m.impl("rms_norm_bf16", &rms_norm_bf16);
   m.impl("rope", &rope_op);
   m.impl("argmax_rows", &argmax_rows);
   m.impl("scale_columns", &scale_columns);

@@ -36,6 +36,13 @@ class RMSNorm(nn.Module):
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return out.type_as(x) * self.weight
 
+    def bf16(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, this norm of h rounded to bfloat16), h = x + residual (x without one), in one
+        native pass: for inputs of bfloat16 products (`TransformerBlock.bf16_inputs`)."""
+        return torch.ops.llama3_kernels.rms_norm_bf16(x, residual, self.weight, self.eps)
+
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int) -> None:
@@ -65,7 +72,11 @@ class Attention(nn.Module):
         bsz, seqlen, _ = x.shape
         if self.wqkv is not None:
             kv = self.n_kv_heads * self.head_dim
-            q, k, v = self.wqkv(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+            if x.dtype == torch.bfloat16 and isinstance(self.wqkv, bf16_rows.PromptProducts):
+                qkv = self.wqkv.float_product(x)  # a bfloat16 norm's rows (float32 out)
+            else:
+                qkv = self.wqkv(x)
+            q, k, v = qkv.split([self.n_heads * self.head_dim, kv, kv], dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.reshape(bsz, seqlen, self.n_heads, self.head_dim)
@@ -82,8 +93,11 @@ class Attention(nn.Module):
             out = causal_attention(q, k, v)
         else:
             out = cache.attend(self.layer_id, start_pos, q, k, v)
-        out = out.to(x.dtype)
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        out = out.transpose(1, 2).reshape(bsz, seqlen, -1)
+        if x.dtype == torch.bfloat16 and isinstance(self.wo, bf16_rows.PromptProducts):
+            # bfloat16 rows in (what the product rounds to anyway), float32 out for the residual
+            return self.wo.float_product(out.to(torch.bfloat16))
+        return self.wo(out.to(x.dtype))
 
 
 class FeedForward(nn.Module):
@@ -120,8 +134,28 @@ class TransformerBlock(nn.Module):
     def forward(
         self, x, cos, sin, start_pos: int, cache: KVCache | PagedBatch | None
     ) -> torch.Tensor:
+        if self.bf16_inputs(x):
+            # the norms hand their products bfloat16 rows (which those products would round
+            # their input to anyway) and the first residual add joins the second norm: the same
+            # values as below, in one pass where there were three
+            _, normed = self.attention_norm.bf16(x)
+            h, normed = self.ffn_norm.bf16(x, self.attention(normed, cos, sin, start_pos, cache))
+            return h + self.feed_forward(normed)
         h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def bf16_inputs(self, x: torch.Tensor) -> bool:
+        """Whether this layer's products take `x` (a prompt chunk) in bfloat16: a quantized
+        layer with fused projections on a CPU with AMX (`quant.bf16_rows`), the kernels loaded,
+        not under autograd (fine-tuning wraps layers this path does not know)."""
+        return (
+            self.attention.bf16_prompts
+            and not torch.is_grad_enabled()
+            and isinstance(self.attention.wqkv, bf16_rows.PromptProducts)
+            and isinstance(self.feed_forward.w13, bf16_rows.PromptProducts)
+            and kernels.native_elementwise(x, self.attention_norm.weight, self.ffn_norm.weight)
+            and bf16_rows.applies(x.reshape(-1, x.shape[-1]))
+        )
 
 
 def _embedding(vocab_size: int, dim: int) -> nn.Embedding:

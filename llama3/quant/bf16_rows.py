@@ -130,10 +130,11 @@ class PromptProducts:
         raise NotImplementedError
 
     def prompt_swiglu(self, x: torch.Tensor) -> torch.Tensor | None:
-        """silu(gate) * up as bfloat16 for a prompt chunk this path takes, this layer being a fused
-        w1/w3 (gate rows, then up rows); None elsewhere (the caller runs the float32 path)."""
+        """silu(gate) * up as bfloat16 for a prompt chunk (float32 or bfloat16 rows) this path
+        takes, this layer being a fused w1/w3 (gate rows, then up rows); None elsewhere (the
+        caller runs the float32 path)."""
         x2 = x.reshape(-1, self.in_features)
-        if x2.dtype != torch.float32 or not applies(x2):
+        if x2.dtype not in (torch.float32, torch.bfloat16) or not applies(x2):
             return None
         how = self._prompt_rows()
         if how is None:

@@ -188,3 +188,32 @@ def test_int8_codes_reach_bfloat16_exactly():
     rows, scale = layer._prompt_rows()
     assert torch.equal(rows(20, 45), layer.codes[20:45].to(torch.bfloat16))
     assert scale is layer.scale
+
+
+def test_norms_hand_bfloat16_rows_to_the_products_with_the_same_logits(tiny, monkeypatch):
+    """On the bfloat16 prompt path a layer's norms give their products bfloat16 rows and the first
+    residual add joins the second norm (`rms_norm_bf16`): the logits equal the unfused path's bit
+    for bit, since the products rounded their float32 input to the same bfloat16 before."""
+    from llama3 import Llama
+    from llama3.model.kv_cache import KVCache
+    from llama3.model.transformer import RMSNorm, TransformerBlock
+    from llama3.quant.apply import quantize_model
+
+    assert kernels.available(), kernels.unavailable_reason()
+    monkeypatch.setattr(bf16_rows, "_amx", lambda: True)
+    llm = Llama.load(tiny.path("3.0", "hf"), max_seq_len=128)
+    model = quantize_model(llm.model, "int8")
+    tokens = torch.arange(100, 100 + 80)[None]
+    fused_calls = []
+    real = RMSNorm.bf16
+    monkeypatch.setattr(RMSNorm, "bf16", lambda self, *a: fused_calls.append(1) or real(self, *a))
+
+    def logits() -> torch.Tensor:
+        return model(tokens, 0, KVCache(model.params, 1, 128))
+
+    fused = logits()
+    assert len(fused_calls) == 2 * model.n_layers  # the fused path ran
+    short = torch.zeros(1, bf16_rows.MIN_ROWS - 1, model.params.dim)
+    assert not model.layers[0].bf16_inputs(short)  # decoding rows and short prompts: float32
+    monkeypatch.setattr(TransformerBlock, "bf16_inputs", lambda self, x: False)
+    assert torch.equal(fused, logits())
