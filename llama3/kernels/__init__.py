@@ -9,10 +9,10 @@ AVX-512 VNNI where the CPU has it), into `$LLAMA3_KERNEL_CACHE` (default
 `decode_attention`, `paged_decode_attention`, `decode_layers`, `paged_decode_layers` (a whole
 decode step: every layer and the head); for prompts' bfloat16 products (`quant.bf16_rows`)
 `scale_columns` (outputs widened and scaled per column), `swiglu_bf16` (a fused w1/w3's SwiGLU in
-bfloat16), `int8_rows_bf16` / `int4_rows_bf16` (int8 codes, int4 rows to bfloat16) and, on
-CPUs with AMX tiles, `amx_attention` (amx_attention.cpp: their causal attention) and
-`rms_norm_bf16` (a residual add and RMSNorm whose output feeds them); and `rms_norm`, `rope` and
-`argmax_rows` for float32 rows.
+bfloat16), `int8_rows_bf16` / `int4_rows_bf16` (int8 codes, int4 rows to bfloat16),
+`rms_norm_bf16` (a residual add and RMSNorm whose bfloat16 output feeds them) and, on CPUs with
+AMX tiles, `amx_attention` (amx_attention.cpp: their causal attention); and `rms_norm`, `rope`
+and `argmax_rows` for float32 rows.
 Every failure falls back to the portable PyTorch paths with one logged reason: no AVX2/FMA, no
 compiler, a failed build. `LLAMA3_KERNELS=0` turns the kernels off.
 """

@@ -2,13 +2,12 @@
 // llama3_kernels::amx_attention; built with cpu_kernels.cpp into one library (llama3.kernels).
 //
 // Why: PyTorch's CPU flash attention runs a 512-token bfloat16 prompt of SmolLM2 (9 heads of 64)
-// at ~160 GMAC/s on 2 Xeon cores, a fifth of a bfloat16 prefill. Here each block of 16 query rows
+// at ~160 GMAC/s on 2 Xeon cores, a fifth of a bfloat16 prefill. Here each block of 32 query rows
 // takes its scores against every key it may see in one tile sweep (Q K^T, float32 sums), an exact
 // softmax over them in AVX-512 (no running rescale: a block's scores fit in L2 for any prompt
 // a CPU serves), and P V in a second sweep; blocks past a query's position are never computed.
 // Queries, keys, values and probabilities are bfloat16 (as PyTorch's bfloat16 SDPA); sums, the
 // softmax and the output are float32.
-#include <ATen/Parallel.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -60,25 +59,17 @@ struct alignas(64) TileConfig {
   }
 };
 
-inline uint16_t bf16_bits(float x) {  // round to nearest even, as vcvtneps2bf16
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffff) > 0x7f800000) return 0x7fc0;  // NaN
-  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-}
-
-// n values of a row (float32 or bfloat16) as bfloat16 bits
+// n values of a row (float32 or bfloat16) as bfloat16 bits, rounded to nearest even; n is a
+// head_dim, a multiple of 64 (amx_attention checks it)
 inline void row_bf16(const at::Tensor& t, const void* src, int64_t n, uint16_t* dst) {
   if (t.scalar_type() == at::kBFloat16) {
     std::memcpy(dst, src, n * 2);
     return;
   }
   const float* f = static_cast<const float*>(src);
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
+  for (int64_t i = 0; i < n; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
                         (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(f + i)));
-  for (; i < n; ++i) dst[i] = bf16_bits(f[i]);
 }
 
 // row n of t's (b, g) matrix as bfloat16, zeros past the last row
@@ -93,8 +84,8 @@ inline void key_row(const at::Tensor& t, int64_t b, int64_t g, int64_t n, int64_
            dst);
 }
 
-// Keys n0 .. n0 + kKeyPad of kv head (b, g) into its pack kp, in the tiles' B order: per 16 keys and 32 dims, a
-// tile whose row p holds, for each key, dims 2p and 2p + 1.
+// Keys n0 .. n0 + kKeyPad of kv head (b, g) into its pack kp, in the tiles' B order: per 16
+// keys and 32 dims, a tile whose row p holds, for each key, dims 2p and 2p + 1.
 void pack_keys(const at::Tensor& k, int64_t b, int64_t g, int64_t n0, int64_t D, uint16_t* kp) {
   const int64_t S = D / 32;
   uint16_t row[256];
@@ -108,8 +99,8 @@ void pack_keys(const at::Tensor& k, int64_t b, int64_t g, int64_t n0, int64_t D,
   }
 }
 
-// Values n0 .. n0 + kKeyPad of kv head (b, g) into its pack vp, in the tiles' B order: per 32 keys and 16 dims,
-// a tile whose row p holds, for each dim, keys 2p and 2p + 1.
+// Values n0 .. n0 + kKeyPad of kv head (b, g) into its pack vp, in the tiles' B order: per 32
+// keys and 16 dims, a tile whose row p holds, for each dim, keys 2p and 2p + 1.
 void pack_values(const at::Tensor& v, int64_t b, int64_t g, int64_t n0, int64_t D, uint16_t* vp) {
   const int64_t C = D / 16;
   const __m512i interleave = _mm512_set_epi16(

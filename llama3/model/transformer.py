@@ -44,6 +44,14 @@ class RMSNorm(nn.Module):
         return torch.ops.llama3_kernels.rms_norm_bf16(x, residual, self.weight, self.eps)
 
 
+def _float_product(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for the residual stream: bfloat16 rows (a norm's `bf16` output on the prompt
+    path) reach a quantized layer as they are and come back float32 (`float_product`)."""
+    if x.dtype == torch.bfloat16 and isinstance(layer, bf16_rows.PromptProducts):
+        return layer.float_product(x)
+    return layer(x)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_id: int) -> None:
         super().__init__()
@@ -72,10 +80,7 @@ class Attention(nn.Module):
         bsz, seqlen, _ = x.shape
         if self.wqkv is not None:
             kv = self.n_kv_heads * self.head_dim
-            if x.dtype == torch.bfloat16 and isinstance(self.wqkv, bf16_rows.PromptProducts):
-                qkv = self.wqkv.float_product(x)  # a bfloat16 norm's rows (float32 out)
-            else:
-                qkv = self.wqkv(x)
+            qkv = _float_product(self.wqkv, x)
             q, k, v = qkv.split([self.n_heads * self.head_dim, kv, kv], dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -93,11 +98,8 @@ class Attention(nn.Module):
             out = causal_attention(q, k, v)
         else:
             out = cache.attend(self.layer_id, start_pos, q, k, v)
-        out = out.transpose(1, 2).reshape(bsz, seqlen, -1)
-        if x.dtype == torch.bfloat16 and isinstance(self.wo, bf16_rows.PromptProducts):
-            # bfloat16 rows in (what the product rounds to anyway), float32 out for the residual
-            return self.wo.float_product(out.to(torch.bfloat16))
-        return self.wo(out.to(x.dtype))
+        # bfloat16 x (the prompt path): bfloat16 rows in, what the product rounds to anyway
+        return _float_product(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype))
 
 
 class FeedForward(nn.Module):
@@ -118,7 +120,7 @@ class FeedForward(nn.Module):
                 hidden = self.w13.prompt_swiglu(x)
                 if hidden is not None:
                     return self.w2.float_product(hidden)
-            gate, up = self.w13(x).chunk(2, dim=-1)
+            gate, up = _float_product(self.w13, x).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
@@ -148,11 +150,13 @@ class TransformerBlock(nn.Module):
         """Whether this layer's products take `x` (a prompt chunk) in bfloat16: a quantized
         layer with fused projections on a CPU with AMX (`quant.bf16_rows`), the kernels loaded,
         not under autograd (fine-tuning wraps layers this path does not know)."""
+        att, ff = self.attention, self.feed_forward
         return (
-            self.attention.bf16_prompts
+            att.bf16_prompts
             and not torch.is_grad_enabled()
-            and isinstance(self.attention.wqkv, bf16_rows.PromptProducts)
-            and isinstance(self.feed_forward.w13, bf16_rows.PromptProducts)
+            and all(
+                isinstance(p, bf16_rows.PromptProducts) for p in (att.wqkv, att.wo, ff.w13, ff.w2)
+            )
             and kernels.native_elementwise(x, self.attention_norm.weight, self.ffn_norm.weight)
             and bf16_rows.applies(x.reshape(-1, x.shape[-1]))
         )
