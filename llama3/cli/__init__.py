@@ -24,6 +24,8 @@ VERBS = {
     "perplexity": "perplexity over a text, and KL divergence against a reference model",
     "serve": "OpenAI-compatible HTTP server with continuous batching and a browser chat page",
     "bench": "load/prefill/decode speed and memory, side by side with llama.cpp and transformers",
+    "convert": "convert and re-shard checkpoints between Meta, Hugging Face and GGUF formats",
+    "aime-worker": "serve the model as a worker of an AIME API Server (continuous batching)",
 }
 
 
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logs")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERBS:
-        mod = importlib.import_module(f".{name}", __name__)
+        mod = importlib.import_module(f".{name.replace('-', '_')}", __name__)
         p = sub.add_parser(name, help=VERBS[name], description=VERBS[name])
         mod.add_arguments(p)
         p.set_defaults(run=mod.run)
