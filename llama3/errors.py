@@ -85,3 +85,7 @@ class ContextLengthExceeded(InvalidRequestError):
         )
         self.prompt_tokens = prompt_tokens
         self.limit = limit
+
+
+class TensorParallelError(Llama3Error):
+    """A tensor-parallel run cannot start (rendezvous, process group) or lost one of its ranks."""

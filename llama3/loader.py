@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from .model.build import build_model
 from .model.transformer import Transformer
 from .tokenizer.base import BaseTokenizer
 from .utils.device import available_memory, resolve_device, resolve_dtype
+
+if TYPE_CHECKING:
+    from .parallel.group import TensorParallel
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +108,27 @@ def load(
     tokenizer_path: str | os.PathLike | None = None,
     progress: bool = False,
     quantize: str | None = None,
+    tensor_parallel: TensorParallel | None = None,
 ) -> LoadedModel:
     """Read, check and build. `progress` draws a bar on a terminal while the weights load;
     `quantize` ("int8", "int4", "int4-g64", "int4-g128") quantizes the projections layer by layer
-    as they load (CPU); a checkpoint written by `llama3 quantize` loads quantized by itself."""
+    as they load (CPU); a checkpoint written by `llama3 quantize` loads quantized by itself.
+    With `tensor_parallel` (a run started by torchrun, `llama3.parallel`), this rank reads and
+    builds only its shard; the ranks leave together once all have loaded."""
     t0 = time.perf_counter()
-    dev = resolve_device(device)
+    tp = tensor_parallel
+    dev = tp.device if tp is not None else resolve_device(device)  # cuda:LOCAL_RANK or cpu
     dt = resolve_dtype(dtype, dev)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, prefer_shards=tp.world if tp is not None else None)
     tok = load_tokenizer_for(ckpt, tokenizer_path)
     check_vocab(ckpt, tok)
     from .utils.progress import Progress
 
     itemsize = torch.empty((), dtype=dt).element_size()
     total = sum(math.prod(t.shape) for t in ckpt.tensors.values()) * itemsize
+    if tp is not None:
+        total //= tp.world
+        progress = progress and tp.rank == 0
     quantizer = None
     if quantize is None and ckpt.quantization is not None:
         quantize = ckpt.quantization.name  # a quantized checkpoint loads as what it is
@@ -135,5 +146,9 @@ def load(
     with Progress(
         total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
     ) as bar:
-        model = build_model(ckpt, device=dev, dtype=dt, on_bytes=bar.update, quantizer=quantizer)
+        model = build_model(
+            ckpt, device=dev, dtype=dt, on_bytes=bar.update, quantizer=quantizer, tp=tp
+        )
+    if tp is not None:
+        tp.barrier()  # every shard is in memory before the first collective
     return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0)

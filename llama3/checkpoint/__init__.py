@@ -60,8 +60,12 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
     )
 
 
-def read_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
+def read_checkpoint(path: str | os.PathLike, *, prefer_shards: int | None = None) -> LoadedCheckpoint:
+    """Read `path`'s config and open its tensors lazily; `prefer_shards` picks AIME's
+    `merged.{N}GPUs.*.pth` files of a Meta directory when a run has that many ranks."""
     fmt, p = detect_format(path)
+    if fmt == "meta":
+        return read_meta_checkpoint(p, prefer_shards)
     reader = {
         "meta": read_meta_checkpoint,
         "hf": read_hf_checkpoint,

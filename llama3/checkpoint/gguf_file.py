@@ -78,6 +78,7 @@ def read_gguf_checkpoint(path: Path) -> LoadedCheckpoint:
             ggml_type=qtype,
             raw=raw,
             read_raw=lambda offset=t.offset, n=n_bytes: _read(path, offset, n),
+            narrow=_narrower(path, t.offset, raw, qtype, shape, f"{path.name}:{t.name}"),
         )
     if "output.weight" not in tensors:
         args = args.replace(tie_word_embeddings=True)
@@ -106,6 +107,54 @@ def _loader(path: Path, offset: int, raw: np.ndarray, qtype: int, shape: tuple[i
         return dequantize(_read(path, offset, raw.nbytes), qtype, shape, dtype=dtype)
 
     return load
+
+
+def _narrower(
+    path: Path, offset: int, raw: np.ndarray, qtype: int, shape: tuple[int, ...], origin: str
+):
+    """`TensorSource.narrow` on the file's blocks (blocks run along a row): rows are a byte
+    range of the file; columns are a byte range of every row, where they fall on block edges.
+    The slice keeps its ggml type, so a quantizer can still take its blocks as they are."""
+    from ..quant.gguf_blocks import block_layout
+
+    if len(shape) != 2:
+        return None
+    rows, cols = shape
+    block, type_size = block_layout(qtype)
+    row_bytes = cols // block * type_size
+
+    def narrow(dim: int, start: int, stop: int) -> TensorSource | None:
+        if dim % 2 == 0:
+            lo, n = offset + start * row_bytes, (stop - start) * row_bytes
+            part = raw[start * row_bytes : stop * row_bytes]
+            cut = (stop - start, cols)
+
+            def read() -> np.ndarray:
+                return _read(path, lo, n)
+        else:
+            if start % block or stop % block:
+                return None
+            c0, c1 = start // block * type_size, stop // block * type_size
+            cut = (rows, stop - start)
+
+            def read() -> np.ndarray:
+                whole = _read(path, offset, raw.nbytes).reshape(rows, row_bytes)
+                return np.ascontiguousarray(whole[:, c0:c1]).reshape(-1)
+
+            part = None
+        where = f"{origin}[{dim}:{start}:{stop}]"
+
+        def load(dtype: torch.dtype) -> torch.Tensor:
+            native = _NATIVE.get(qtype)
+            if part is not None and native is not None and native[0] == dtype:
+                return torch.from_numpy(part.view(native[1])).view(cut)
+            return dequantize(read(), qtype, cut, dtype=dtype)
+
+        return TensorSource(
+            cut, load, where, ggml_type=qtype, raw=part, read_raw=read
+        )
+
+    return narrow
 
 
 def _read(path: Path, offset: int, nbytes: int) -> np.ndarray:

@@ -163,4 +163,22 @@ def _source(
             t = unpermute_hf_qk(t, heads)
         return t.to(dtype)
 
-    return TensorSource(shape, load, f"{f.name}:{key}")
+    per_head = shape[0] // heads if permuted else 1
+
+    def narrow(dim: int, start: int, stop: int) -> TensorSource | None:
+        rows = dim % len(shape) == 0
+        if permuted and rows and (start % per_head or stop % per_head):
+            return None  # HF's permutation is within a head: only whole heads cut cleanly
+        cut = list(shape)
+        cut[dim] = stop - start
+
+        def load_cut(dtype: torch.dtype) -> torch.Tensor:
+            part = handle.get_slice(key)
+            t = part[start:stop] if rows else part[..., start:stop]
+            if permuted:
+                t = unpermute_hf_qk(t, t.shape[0] // per_head if rows else heads)
+            return t.to(dtype).contiguous()
+
+        return TensorSource(tuple(cut), load_cut, f"{f.name}:{key}[{dim}:{start}:{stop}]")
+
+    return TensorSource(shape, load, f"{f.name}:{key}", narrow=narrow)

@@ -37,6 +37,30 @@ class TensorSource:
     #: repacks them: reading through the mapping would leave its pages resident beside the repacked
     #: copy for as long as any zero-copy view keeps the mapping open
     read_raw: Callable[[], Any] | None = None
+    #: `narrow(dim, start, stop)`: a source of rows (dim 0) or columns (dim -1) start..stop that
+    #: reads only those bytes where the format allows (tensor-parallel shards); None, or a
+    #: `narrow` returning None, means "load the whole tensor and cut it" (`narrowed`)
+    narrow: Callable[[int, int, int], TensorSource | None] | None = None
+
+
+def narrowed(src: TensorSource, dim: int, start: int, stop: int) -> TensorSource:
+    """`src` cut to [start, stop) along `dim` (0 or -1): the format's own reader when it has
+    one, else the whole tensor loaded and cut (one tensor's transient memory, a copy kept)."""
+    if (dim, start, stop) == (0, 0, src.shape[0]) or (
+        dim == -1 and (start, stop) == (0, src.shape[-1])
+    ):
+        return src
+    if src.narrow is not None:
+        got = src.narrow(dim, start, stop)
+        if got is not None:
+            return got
+    shape = list(src.shape)
+    shape[dim] = stop - start
+
+    def load(dtype: torch.dtype) -> torch.Tensor:
+        return src.load(dtype).narrow(dim, start, stop - start).clone()
+
+    return TensorSource(tuple(shape), load, f"{src.origin}[{dim}:{start}:{stop}]")
 
 
 @dataclass

@@ -8,6 +8,7 @@ with `torch.load(mmap=True)`, so nothing is read until a tensor is materialised.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -53,7 +54,30 @@ def _open_shard(f: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def read_meta_checkpoint(path: Path) -> LoadedCheckpoint:
+def _shard_files(path: Path, prefer: int | None) -> list[Path]:
+    """The shard files to read: AIME's re-sharded `merged.{N}GPUs.NN.pth` when there are exactly
+    `prefer` of them (a tensor-parallel run of that many ranks reads its own file), else Meta's
+    `consolidated.NN.pth`, else one complete group of merged files, else any *.pth."""
+    groups: dict[int, list[Path]] = {}
+    for f in path.glob("merged.*GPUs.*.pth"):
+        m = _MERGED.fullmatch(f.name)
+        if m:
+            groups.setdefault(int(m.group(1)), []).append(f)
+    complete = {n: sorted(fs) for n, fs in groups.items() if len(fs) == n}
+    if prefer in complete:
+        return complete[prefer]
+    files = sorted(path.glob("consolidated.*.pth"))
+    if files:
+        return files
+    if complete:
+        return complete[min(complete)]
+    return sorted(path.glob("*.pth"))
+
+
+_MERGED = re.compile(r"merged\.(\d+)GPUs\.(\d+)\.pth")
+
+
+def read_meta_checkpoint(path: Path, prefer_shards: int | None = None) -> LoadedCheckpoint:
     params = _read_params(path)
     try:
         args = ModelArgs.from_meta_params(params)
@@ -61,9 +85,7 @@ def read_meta_checkpoint(path: Path) -> LoadedCheckpoint:
         raise ConfigError(
             f"{path / 'params.json'}: {e}", "check the field types in params.json"
         ) from None
-    files = sorted(path.glob("consolidated.*.pth"))
-    if not files:
-        files = sorted(path.glob("*.pth"))
+    files = _shard_files(path, prefer_shards)
     if not files:
         raise CheckpointError(
             f"no checkpoint files found in {path}",
@@ -115,7 +137,9 @@ def _merged_source(
     )
     if dim is None:
         t0 = parts[0]
-        return TensorSource(tuple(t0.shape), lambda dtype: t0.to(dtype), origin)
+        return TensorSource(
+            tuple(t0.shape), lambda dtype: t0.to(dtype), origin, narrow=_narrower([t0], 0, origin)
+        )
     shapes = {tuple(p.shape) for p in parts}
     if len(shapes) != 1:
         raise CheckpointError(
@@ -133,4 +157,34 @@ def _merged_source(
     def load(dtype: torch.dtype) -> torch.Tensor:
         return torch.cat([p.to(dtype) for p in parts], dim=dim)
 
-    return TensorSource(tuple(shape), load, origin)
+    return TensorSource(tuple(shape), load, origin, narrow=_narrower(parts, dim, origin))
+
+
+def _narrower(parts: list[torch.Tensor], dim: int, origin: str):
+    """`TensorSource.narrow` over shards concatenated along `dim`: only the parts (and the part
+    of each) that the slice covers are read from the mapped files."""
+    ndim = parts[0].dim()
+    cat_dim = dim % ndim
+
+    def narrow(along: int, start: int, stop: int) -> TensorSource:
+        along %= ndim
+        if along == cat_dim:
+            pieces, offset = [], 0
+            for p in parts:
+                lo, hi = max(start, offset), min(stop, offset + p.shape[along])
+                if lo < hi:
+                    pieces.append(p.narrow(along, lo - offset, hi - lo))
+                offset += p.shape[along]
+        else:
+            pieces = [p.narrow(along, start, stop - start) for p in parts]
+        shape = list(pieces[0].shape)
+        shape[cat_dim] = sum(p.shape[cat_dim] for p in pieces)
+
+        def load(dtype: torch.dtype) -> torch.Tensor:
+            if len(pieces) == 1:
+                return pieces[0].to(dtype).contiguous()
+            return torch.cat([p.to(dtype) for p in pieces], dim=cat_dim)
+
+        return TensorSource(tuple(shape), load, f"{origin}[{along}:{start}:{stop}]")
+
+    return narrow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
@@ -53,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from ..parallel import launch, world_size_from_env
+
+        if world_size_from_env() > 1:  # under torchrun
+            if args.verb in launch.VERBS:
+                return launch.run(args)
+            if int(os.environ.get("RANK", "0")) != 0:
+                return 0  # a verb without a model: rank 0 alone runs it
         return int(args.run(args) or 0)
     except Llama3Error as e:
         if args.debug:

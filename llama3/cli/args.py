@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..generation.params import SamplingParams
+from ..parallel import current
 from ..quant import SCHEMES, SCHEMES_HELP
 from ..registry import resolve_model
 
@@ -71,6 +72,7 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         max_batch_size=max_batch_size,
         progress=not quiet,
         quantize=getattr(args, "quantize", None),
+        tensor_parallel=current(),  # set under torchrun (`parallel.launch`)
     )
     if getattr(args, "compile", False):
         if not quiet:

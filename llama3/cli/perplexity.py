@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+from ..parallel import current
 from ..quant import SCHEMES, SCHEMES_HELP
 
 
@@ -46,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model(args.model_pos or args.model)
     window = args.ctx + 1
     llm = Llama.load(
-        path, device=args.device, dtype=args.dtype, max_seq_len=window, quantize=args.quantize
+        path,
+        device=args.device,
+        dtype=args.dtype,
+        max_seq_len=window,
+        quantize=args.quantize,
+        tensor_parallel=current(),
     )
     ref = None
     if args.kl_divergence_base:

@@ -165,18 +165,21 @@ class BatchGeneration:
                 break
 
     # ---- helpers ---------------------------------------------------------------------------------
-    @staticmethod
     def _draw(
-        active: list[SequenceState], last: torch.Tensor, tokens: torch.Tensor, pos: int
+        self, active: list[SequenceState], last: torch.Tensor, tokens: torch.Tensor, pos: int
     ) -> torch.Tensor:
         """The next tokens of the `active` rows, from `last` (every row's logits), written into
         `tokens[:, pos]` on the device and returned in `active`'s order."""
-        if len(active) == tokens.shape[0]:
-            drawn = sample_next_ids(active, last)
+        tp = self.model.tp
+        full = len(active) == tokens.shape[0]
+        rows = None if full else torch.tensor([s.index for s in active], device=tokens.device)
+        drawn = sample_next_ids(active, last if rows is None else last.index_select(0, rows))
+        if tp is not None and tp.lockstep:
+            # every rank runs this loop (Meta's API under torchrun): rank 0's draw is everyone's
+            drawn = tp.broadcast_tensor(drawn.contiguous())
+        if rows is None:
             tokens[:, pos] = drawn
         else:
-            rows = torch.tensor([s.index for s in active], device=tokens.device)
-            drawn = sample_next_ids(active, last.index_select(0, rows))
             tokens[rows, pos] = drawn
         return drawn
 

@@ -11,12 +11,13 @@ import dataclasses
 import logging
 import os
 import random
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
-from ..errors import InvalidRequestError, UnsupportedFormatError
+from ..errors import InvalidRequestError, TensorParallelError, UnsupportedFormatError
 from ..loader import LoadedModel, default_max_seq_len, load
 from ..model.transformer import Transformer
 from ..tokenizer.base import BaseTokenizer
@@ -26,6 +27,7 @@ from .params import GenerationResult, SamplingParams, TokenEvent
 
 if TYPE_CHECKING:
     from ..model.compiled import CompiledDecoder
+    from ..parallel.group import TensorParallel
     from ..tokenizer.chat_format import ChatFormatter
 
 log = logging.getLogger(__name__)
@@ -86,20 +88,35 @@ class Llama:
             tokenizer_path: Meta's tokenizer.model; None uses the checkpoint's own tokenizer.
             max_seq_len: the longest prompt + generation to allow.
             max_batch_size: the most prompts per call.
-            model_parallel_size: must be None or 1 here (tensor parallelism runs under torchrun).
+            model_parallel_size: None = WORLD_SIZE (torchrun's); N > 1 under torchrun with N
+                processes runs one shard per rank (`.model` holds this rank's), every rank
+                calling the same methods as in Meta's examples. Without torchrun, shards are
+                merged into this process.
             seed: seeds this object's private sampling stream.
         """
-        if model_parallel_size not in (None, 1):
-            raise UnsupportedFormatError(
-                f"model_parallel_size={model_parallel_size} needs tensor-parallel workers",
-                "leave it unset: the shards are merged and the model runs in this process",
-            )
+        from ..parallel import group
+
+        world = group.world_size_from_env()
+        tp = None
+        if model_parallel_size not in (None, 1) or world > 1:
+            mp = model_parallel_size or world
+            if mp != world:
+                raise TensorParallelError(
+                    f"model_parallel_size={mp} but this run has {world} process(es)",
+                    f"launch with torchrun --nproc-per-node {mp} (or leave model_parallel_size "
+                    "unset: the shards are then merged into one process)",
+                )
+            tp = group.init()
+            tp.lockstep = True  # every rank runs this program: rank 0's tokens are everyone's
+            if tp.rank > 0:
+                sys.stdout = open(os.devnull, "w")  # as Meta's: only rank 0 prints
         return Llama.load(
             ckpt_dir,
             tokenizer_path=tokenizer_path,
             max_seq_len=max_seq_len,
             max_batch_size=max_batch_size,
             seed=seed,
+            tensor_parallel=tp,
         )
 
     @classmethod
@@ -115,6 +132,7 @@ class Llama:
         seed: int = 1,
         progress: bool = False,
         quantize: str | None = None,
+        tensor_parallel: TensorParallel | None = None,
     ) -> Llama:
         """Load a Meta directory, a Hugging Face directory, a GGUF file or a `llama3 quantize`
         directory (which loads quantized by itself).
@@ -141,6 +159,7 @@ class Llama:
             tokenizer_path=tokenizer_path,
             progress=progress,
             quantize=quantize,
+            tensor_parallel=tensor_parallel,
         )
         if max_seq_len is None:
             max_seq_len = default_max_seq_len(
@@ -174,6 +193,8 @@ class Llama:
             log.info("decode steps run the native CPU layer kernel: nothing to compile")
             return 0.0
         why = compile_available()
+        if self.model.tp is not None:
+            why = "a tensor-parallel model decodes eagerly (its all-reduces are not compiled)"
         if why:
             raise UnsupportedFormatError(why, "run without --compile")
         self._decoder = CompiledDecoder(self.model, self.max_batch_size, self.max_seq_len)

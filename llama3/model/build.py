@@ -7,6 +7,7 @@ dtype and assigned. A failure raises before the model exists, so nothing is left
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -14,12 +15,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..checkpoint.loaded import LoadedCheckpoint
+from ..checkpoint.loaded import LoadedCheckpoint, narrowed
 from ..errors import CheckpointError
 from ..utils.memory import release_freed_memory
 from .transformer import Transformer
 
 if TYPE_CHECKING:
+    from ..parallel.group import TensorParallel
+    from ..parallel.plan import ShardPlan
     from ..quant.apply import LoadQuantizer
 
 
@@ -59,16 +62,20 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     on_bytes: Callable[[int], None] | None = None,
     quantizer: LoadQuantizer | None = None,
+    tp: TensorParallel | None = None,
 ) -> Transformer:
     """Build the model; `on_bytes(n)` is told each tensor's size in `dtype` as it is materialised.
 
     With a `quantizer`, each layer is quantized as soon as its tensors are read (the quantizer
     may claim tensors it builds without a float copy), so peak memory is the quantized model plus
-    one float layer.
+    one float layer. With `tp` (a tensor-parallel run), only this rank's shard is read and built.
     """
+    plan = None
+    if tp is not None:
+        ckpt, plan = _shard(ckpt, tp)
     args = ckpt.args
     with torch.device("meta"):
-        model = Transformer(args)
+        model = Transformer(args, shard=plan)
     expected = expected_shapes(model)
     if args.tie_word_embeddings:
         expected.pop("output.weight")
@@ -116,7 +123,36 @@ def build_model(
     if left:  # check_tensors makes this unreachable; never hand out a half-built model
         raise CheckpointError(f"{ckpt.path}: tensor {left[0]} was never loaded", "report this bug")
     model.requires_grad_(False)
+    if tp is not None:
+        model.attach_tp(tp)
     return model.eval()
+
+
+def _shard(ckpt: LoadedCheckpoint, tp: TensorParallel) -> tuple[LoadedCheckpoint, ShardPlan]:
+    """`ckpt` as this rank sees it: checked whole against its config, then every split tensor
+    replaced by a source of this rank's rows or columns (read alone where the format allows)."""
+    from ..parallel.plan import ShardPlan
+
+    if ckpt.quantization is not None:
+        raise CheckpointError(
+            f"{ckpt.path} holds {ckpt.quantization.name} weights, which are not split across "
+            "tensor-parallel ranks yet",
+            f"run the float checkpoint it came from with --quantize {ckpt.quantization.name}: "
+            "each rank quantizes its own shard while loading",
+        )
+    with torch.device("meta"):
+        whole = Transformer(ckpt.args)
+    expected = expected_shapes(whole)
+    if ckpt.args.tie_word_embeddings:
+        expected.pop("output.weight")
+    check_tensors(ckpt, expected)
+    plan = ShardPlan.make(ckpt.args, tp.rank, tp.world)
+    tensors = {}
+    for name, src in ckpt.tensors.items():
+        cut = plan.cut(name)
+        tensors[name] = src if cut is None else narrowed(src, *cut)
+    tp.plan = plan
+    return dataclasses.replace(ckpt, args=plan.local_args(ckpt.args), tensors=tensors), plan
 
 
 def _assign(model: Transformer, name: str, tensor: torch.Tensor) -> None:

@@ -48,6 +48,8 @@ def eligible(model: torch.nn.Module) -> bool:
 
 
 def _eligible(model) -> bool:
+    if getattr(model, "tp", None) is not None:
+        return False  # one call runs every layer: no room for the all-reduces between them
     if model.device.type != "cpu" or model.dtype != torch.float32 or model.params.head_dim % 8:
         return False
     if _embedding(model.tok_embeddings) is None:

@@ -7,9 +7,15 @@ memory-mapped checkpoint without a second copy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..parallel.group import TensorParallel
+    from ..parallel.plan import ShardPlan
 
 from .. import kernels
 from ..config import ModelArgs
@@ -68,6 +74,8 @@ class Attention(nn.Module):
         #: set by quantization: prompts attend in bfloat16 where their products run in it (CPUs
         #: with AMX, `quant.bf16_rows`); float models keep float32 (their logits match HF's)
         self.bf16_prompts = False
+        #: tensor parallelism: this rank's heads only; the products of wo are summed over ranks
+        self.tp: TensorParallel | None = None
 
     def forward(
         self,
@@ -99,7 +107,8 @@ class Attention(nn.Module):
         else:
             out = cache.attend(self.layer_id, start_pos, q, k, v)
         # bfloat16 x (the prompt path): bfloat16 rows in, what the product rounds to anyway
-        return _float_product(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype))
+        out = _float_product(self.wo, out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype))
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class FeedForward(nn.Module):
@@ -110,8 +119,14 @@ class FeedForward(nn.Module):
         self.w3 = Linear(dim, hidden_dim, bias=False)
         #: w1 and w3 in one product, when a quantizer fused them (then w1/w3 are gone)
         self.w13: nn.Module | None = None
+        #: tensor parallelism: this rank's hidden rows only; w2's products are summed over ranks
+        self.tp: TensorParallel | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._local(x)
+        return out if self.tp is None else self.tp.all_reduce(out)
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
         if self.w13 is not None:
             # quantized layers on AMX CPUs: a prompt's SwiGLU stays bfloat16 between products
             if isinstance(self.w13, bf16_rows.PromptProducts) and isinstance(
@@ -172,15 +187,21 @@ def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
 
 
 class Transformer(nn.Module):
-    def __init__(self, params: ModelArgs) -> None:
+    def __init__(self, params: ModelArgs, shard: ShardPlan | None = None) -> None:
+        """`shard`: one tensor-parallel rank's part (then `params` is `shard.local_args`): the
+        token table and the head hold that rank's vocabulary rows (`attach_tp`)."""
         super().__init__()
         self.params = params
         self.vocab_size = params.vocab_size
         self.n_layers = params.n_layers
-        self.tok_embeddings = _embedding(params.vocab_size, params.dim)
+        self.shard = shard
+        rows = params.vocab_size if shard is None else shard.vocab_range()[1] - shard.vocab_range()[0]
+        self.tok_embeddings = _embedding(rows, params.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
-        self.output = Linear(params.dim, params.vocab_size, bias=False)
+        self.output = Linear(params.dim, rows, bias=False)
+        #: the tensor-parallel run this model is one rank of (`attach_tp`), else None
+        self.tp: TensorParallel | None = None
         # Per-frequency divisors from GGUF `rope_freqs.weight` (Llama 3.1 GGUFs), if any.
         self.rope_freq_factors: torch.Tensor | None = None
         self._inv_freq: torch.Tensor | None = None
@@ -197,6 +218,31 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype activations and caches use (the final norm's; embeddings may be int8)."""
         return self.norm.weight.dtype
+
+    def attach_tp(self, tp: TensorParallel) -> None:
+        """Make this shard one rank of `tp`: sums after wo and w2, the vocab-parallel token
+        table and head, and (on a driving rank 0) each call announced to the followers."""
+        self.tp = tp
+        self._native_decode = None  # decided again: the native step cannot reduce
+        for layer in self.layers:
+            layer.attention.tp = tp
+            layer.feed_forward.tp = tp
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.tp is None or self.shard is None:
+            return self.tok_embeddings(tokens)
+        lo, hi = self.shard.vocab_range()
+        local = tokens - lo
+        inside = (local >= 0) & (local < hi - lo)
+        h = self.tok_embeddings(torch.where(inside, local, torch.zeros_like(local)))
+        # each id's row lives on one rank: the others add exact zeros
+        return self.tp.all_reduce(h.masked_fill(~inside.unsqueeze(-1), 0))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.output(self.norm(h))
+        if self.tp is None or self.shard is None:
+            return logits
+        return self.tp.gather_last(logits, self.vocab_size, self.shard.vocab_chunk)
 
     def tie_weights(self) -> None:
         """Share the output projection with the embedding (Llama 3.2 1B/3B, SmolLM2)."""
@@ -247,6 +293,8 @@ class Transformer(nn.Module):
         logits_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` without entering inference mode (torch.compile traces this under no_grad)."""
+        if self.tp is not None and self.tp.driver is not None:
+            self.tp.driver.announce(tokens, start_pos, cache, last_only, positions, logits_indices)
         seqlen = tokens.shape[1]
         if positions is None:
             positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
@@ -255,11 +303,11 @@ class Transformer(nn.Module):
             h, fused = native_decode.decode(self, tokens, positions, cache)
         else:
             cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
-            h = self.tok_embeddings(tokens)
+            h = self._embed(tokens)
             for layer in self.layers:
                 h = layer(h, cos, sin, start_pos, cache)
         if logits_indices is not None:
             h = h[:, logits_indices]
         elif last_only:
             h = h[:, -1:]
-        return (h if fused else self.output(self.norm(h))).float()
+        return (h if fused else self._head(h)).float()

@@ -96,7 +96,15 @@ class ServerState:
         from ..tokenizer import chat_formatter
 
         c = self.config
-        lm = load(self.model_path, device=c.device, dtype=c.dtype, quantize=c.quantize)
+        from ..parallel import current
+
+        lm = load(
+            self.model_path,
+            device=c.device,
+            dtype=c.dtype,
+            quantize=c.quantize,
+            tensor_parallel=current(),  # rank 0 of a torchrun job: its shard, driving the rest
+        )
         cfg = default_engine_config(
             lm.model,
             max_num_seqs=c.max_num_seqs,
