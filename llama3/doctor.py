@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import kernels
 from .checkpoint import LoadedCheckpoint, read_checkpoint
 from .errors import Llama3Error
 from .loader import KV_MEMORY_FRACTION, check_vocab, default_max_seq_len, load_tokenizer_for
@@ -57,8 +58,10 @@ def inspect_model(
     max_batch_size: int = 1,
     device: str | None = None,
     dtype: str | None = None,
+    quantize: str | None = None,
 ) -> Report:
-    """The whole report for the checkpoint at `path` (reader errors propagate as Llama3Error)."""
+    """The whole report for the checkpoint at `path` (reader errors propagate as Llama3Error);
+    `quantize` as `Llama.load` takes it, for the "runs as" line."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ckpt = read_checkpoint(path)
@@ -68,6 +71,8 @@ def inspect_model(
         "config": config_section(ckpt),
         "weights": weights_section(ckpt, dt),
     }
+    report["weights"]["runs_as"] = runs_as(ckpt, quantize, dev, dt, findings)
+    report["kernels"] = kernels.status() if dev.type == "cpu" else None
     report["memory"] = memory_section(ckpt, max_seq_len, max_batch_size, dev, dt, findings)
     findings += shape_findings(ckpt)
     try:
@@ -136,6 +141,23 @@ def weights_section(ckpt: LoadedCheckpoint, dtype: torch.dtype) -> dict[str, Any
         "dtype": _dtype_name(dtype),
         "bytes": params * _itemsize(dtype),
     }
+
+
+def runs_as(
+    ckpt: LoadedCheckpoint,
+    quantize: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    findings: list[Finding],
+) -> str:
+    """What a load with these options runs the weights as, and why (`quant.default.choose`)."""
+    from .quant.default import choose
+
+    try:
+        return choose(ckpt, quantize, device, dtype).reason
+    except Llama3Error as e:
+        findings.append(Finding("weights", e.message, e.hint or "", "error"))
+        return "cannot load: " + e.message
 
 
 def stored_dtypes(ckpt: LoadedCheckpoint) -> Counter[str]:

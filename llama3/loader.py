@@ -8,7 +8,6 @@ vocabulary fits the model, and picks the default context length (what fits in me
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checkpoint import LoadedCheckpoint, read_checkpoint
+from .checkpoint.loaded import read_bytes
 from .config import ModelArgs
 from .errors import ConfigError, TokenizerError
 from .model.build import build_model
@@ -44,6 +44,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    #: what the weights run as and why, one line ("int4: the file's Q4_1 blocks run as they are")
+    weights_note: str = ""
 
 
 def load_tokenizer_for(
@@ -109,39 +111,43 @@ def load(
     progress: bool = False,
     quantize: str | None = None,
     tensor_parallel: TensorParallel | None = None,
+    auto_quantize: bool = True,
 ) -> LoadedModel:
     """Read, check and build. `progress` draws a bar on a terminal while the weights load;
     `quantize` ("int8", "int4", "int4-g64", "int4-g128") quantizes the projections layer by layer
-    as they load (CPU); a checkpoint written by `llama3 quantize` loads quantized by itself.
+    as they load (CPU); "none" keeps float weights; left out, `quant.default.choose` decides (a
+    quantized GGUF runs as its quant, a `llama3 quantize` checkpoint as saved, float as float
+    unless it would not fit). On CPU the native kernels build on a background thread meanwhile.
     With `tensor_parallel` (a run started by torchrun, `llama3.parallel`), this rank reads and
     builds only its shard; the ranks leave together once all have loaded."""
     t0 = time.perf_counter()
     tp = tensor_parallel
     dev = tp.device if tp is not None else resolve_device(device)  # cuda:LOCAL_RANK or cpu
     dt = resolve_dtype(dtype, dev)
+    from . import kernels
+    from .quant.default import choose
+
+    # Built before the first prompt, overlapping the reading below (the weights, quantized
+    # layers' construction waits for it).
+    build = kernels.prepare() if dev.type == "cpu" else None
     ckpt = read_checkpoint(path, prefer_shards=tp.world if tp is not None else None)
     tok = load_tokenizer_for(ckpt, tokenizer_path)
     check_vocab(ckpt, tok)
     from .utils.progress import Progress
 
-    itemsize = torch.empty((), dtype=dt).element_size()
-    total = sum(math.prod(t.shape) for t in ckpt.tensors.values()) * itemsize
+    total = sum(read_bytes(t, dt) for t in ckpt.tensors.values())
     if tp is not None:
         total //= tp.world
         progress = progress and tp.rank == 0
+    choice = choose(
+        ckpt, quantize, dev, dt, tensor_parallel=tp is not None, auto=auto_quantize
+    )
     quantizer = None
-    if quantize is None and ckpt.quantization is not None:
-        quantize = ckpt.quantization.name  # a quantized checkpoint loads as what it is
-    if quantize is not None:
+    if choice.scheme is not None:
         from .quant.apply import LoadQuantizer, QuantSpec, check_device
 
-        spec = QuantSpec.parse(quantize)
+        spec = QuantSpec.parse(choice.scheme)
         check_device(spec, dev)
-        if ckpt.quantization is not None and ckpt.quantization != spec:
-            raise ConfigError(
-                f"{ckpt.path} holds {ckpt.quantization.name} weights, not {spec.name}",
-                f"drop --quantize or pass --quantize {ckpt.quantization.name}",
-            )
         quantizer = LoadQuantizer(spec, dev)
     with Progress(
         total, f"loading {ckpt.path.name}", enabled=progress and sys.stderr.isatty()
@@ -149,6 +155,8 @@ def load(
         model = build_model(
             ckpt, device=dev, dtype=dt, on_bytes=bar.update, quantizer=quantizer, tp=tp
         )
+    if build is not None:
+        build.join()
     if tp is not None:
         tp.barrier()  # every shard is in memory before the first collective
-    return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0)
+    return LoadedModel(model, tok, ckpt, dev, dt, time.perf_counter() - t0, choice.reason)

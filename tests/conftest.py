@@ -134,11 +134,27 @@ def tiny(tmp_path_factory, shared_llama3) -> TinyModels:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """The real SmolLM2-135M-Instruct GGUF loaded once per session (float32, CPU)."""
+    """The real SmolLM2-135M-Instruct GGUF loaded once per session as users get it by default
+    (its Q4_1 blocks as int4, CPU): what `llama3 chat` / `serve` subprocesses run too."""
     from llama3 import Llama
 
     return Llama.load(
         smollm2_path, device="cpu", dtype="float32", max_seq_len=2048, max_batch_size=4
+    )
+
+
+@pytest.fixture(scope="session")
+def smollm2_float(smollm2_path):
+    """The same file on the exact float path (`quantize="none"`): what transformers computes."""
+    from llama3 import Llama
+
+    return Llama.load(
+        smollm2_path,
+        device="cpu",
+        dtype="float32",
+        max_seq_len=2048,
+        max_batch_size=4,
+        quantize="none",
     )
 
 

@@ -57,7 +57,10 @@ class OursEngine(TimedEngine):
             how = " native layers"
         else:
             how = " compiled" if self.llm._decoder is not None else ""
-        self.label = "llama3" + (f" {quantize}" if quantize else "") + how
+        scheme = self.llm.loaded.weights_note.split(":")[0] if self.llm.loaded else quantize
+        if scheme and " " in scheme:  # "float32 weights, as stored": no scheme to name
+            scheme = None
+        self.label = "llama3" + (f" {scheme}" if scheme else "") + how
 
     def _stamps(self, prompts: list[list[int]], new_tokens: int) -> list[float]:
         from ..generation.params import SamplingParams

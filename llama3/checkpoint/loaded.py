@@ -43,6 +43,18 @@ class TensorSource:
     narrow: Callable[[int, int, int], TensorSource | None] | None = None
 
 
+def read_bytes(src: TensorSource, dtype: torch.dtype) -> int:
+    """What loading `src` reads, for progress bars: a GGUF tensor's block bytes, else its size in
+    `dtype`."""
+    nbytes = getattr(src.raw, "nbytes", None)
+    if src.ggml_type is not None and isinstance(nbytes, int):
+        return nbytes
+    n = 1
+    for d in src.shape:
+        n *= d
+    return n * dtype.itemsize
+
+
 def narrowed(src: TensorSource, dim: int, start: int, stop: int) -> TensorSource:
     """`src` cut to [start, stop) along `dim` (0 or -1): the format's own reader when it has
     one, else the whole tensor loaded and cut (one tensor's transient memory, a copy kept)."""

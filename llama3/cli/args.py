@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..generation.params import SamplingParams
 from ..parallel import current
-from ..quant import SCHEMES, SCHEMES_HELP
+from ..quant import LOAD_CHOICES, SCHEMES_HELP
 from ..registry import resolve_model
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--quantize",
-        choices=SCHEMES,
+        choices=LOAD_CHOICES,
         help=SCHEMES_HELP,
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
@@ -74,6 +75,8 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         quantize=getattr(args, "quantize", None),
         tensor_parallel=current(),  # set under torchrun (`parallel.launch`)
     )
+    if not quiet and llm.loaded is not None and os.environ.get("RANK", "0") == "0":
+        print(f"weights: {llm.loaded.weights_note}", file=sys.stderr, flush=True)
     if getattr(args, "compile", False):
         if not quiet:
             print("compiling the decode step ...", file=sys.stderr, flush=True)

@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..errors import InvalidRequestError
-from ..quant import SCHEMES, SCHEMES_HELP
+from ..quant import LOAD_CHOICES, SCHEMES_HELP
 
 
 def _ints(text: str) -> list[int]:
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_ints, default=[1, 8], help="decode batch sizes (1,8)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per figure (3)")
     p.add_argument(
-        "--quantize", choices=SCHEMES, help="quantize our model at load: " + SCHEMES_HELP
+        "--quantize", choices=LOAD_CHOICES, help="quantize our model at load: " + SCHEMES_HELP
     )
     p.add_argument("--compile", action="store_true", help="our decode step with torch.compile")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -250,10 +250,9 @@ class ChatSession:
 
 def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
+    params = sampling_params(args)  # checked before the load: a bad flag fails at once
     llm = load_llama(args)
-    session = ChatSession(
-        llm, sampling_params(args), args.system, sys.stdout, sys.stderr, decorate=interactive
-    )
+    session = ChatSession(llm, params, args.system, sys.stdout, sys.stderr, decorate=interactive)
     if interactive:
         name = llm.loaded.checkpoint.path.name if llm.loaded else "model"
         session.note(

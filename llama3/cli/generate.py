@@ -107,13 +107,13 @@ def _record(llm: Llama, r: GenerationResult, seconds: float, echo: bool) -> dict
 
 def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
-    llm = load_llama(args, max_batch_size=min(args.batch_size, len(prompts)))
-    params = sampling_params(
+    params = sampling_params(  # checked before the load: a bad flag fails at once
         args,
         stop=tuple(args.stop),
         logprobs=args.logprobs,
         echo=args.echo and args.logprobs is not None,
     )
+    llm = load_llama(args, max_batch_size=min(args.batch_size, len(prompts)))
     ids = [_encode(llm, p, args.chat) for p in prompts]
     if len(ids) == 1 and not args.json:  # one prompt: stream it as it is generated
         if args.echo:

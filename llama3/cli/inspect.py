@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         device=args.device,
         dtype=args.dtype,
+        quantize=args.quantize,
     )
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
@@ -71,6 +72,8 @@ def render(r: dict[str, Any]) -> str:
     _model(out, r["model"])
     _config(out, r["config"])
     _weights(out, r["weights"])
+    if r.get("kernels"):
+        _kernels(out, r["kernels"])
     _memory(out, r["memory"])
     if r["tokenizer"]:
         _tokenizer(out, r["tokenizer"])
@@ -137,6 +140,17 @@ def _weights(out: list[str], w: dict[str, Any]) -> None:
     stored = ", ".join(f"{k} x{v}" for k, v in w["stored_dtypes"].items())
     _row(out, "stored as", f"{stored} (tensors)")
     _row(out, f"in {w['dtype']}", format_bytes(w["bytes"]))
+    if w.get("runs_as"):
+        _row(out, "runs as", w["runs_as"])
+
+
+def _kernels(out: list[str], k: dict[str, Any]) -> None:
+    if k["state"] == "off":
+        out.append(f"native kernels: off ({k['reason']}); the portable PyTorch paths run")
+        return
+    when = "" if k["state"] == "built" else " (built at the next load, once)"
+    out.append(f"native kernels: {k['state']}{when}, {k['isa']}")
+    _row(out, "library", k["path"])
 
 
 def _memory(out: list[str], m: dict[str, Any]) -> None:

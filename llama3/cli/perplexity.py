@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequestError
 from ..parallel import current
-from ..quant import SCHEMES, SCHEMES_HELP
+from ..quant import LOAD_CHOICES, SCHEMES_HELP
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--kl-divergence-base", metavar="REF", help="reference model: report KL(REF || MODEL)"
     )
     p.add_argument(
-        "--quantize", choices=SCHEMES, help="quantize MODEL (not the reference): " + SCHEMES_HELP
+        "--quantize", choices=LOAD_CHOICES, help="quantize MODEL (not the reference): " + SCHEMES_HELP
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.add_argument("--dtype", help="float32, bfloat16, float16")
@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     ref = None
     if args.kl_divergence_base:
         ref_path = resolve_model(args.kl_divergence_base)
-        ref = Llama.load(ref_path, device=args.device, dtype=args.dtype, max_seq_len=window).model
+        ref = Llama.load(
+            ref_path, device=args.device, dtype=args.dtype, max_seq_len=window, quantize="none"
+        ).model
     tokens = llm.tokenizer.encode_prompt(text)
     if args.max_tokens:
         tokens = tokens[: args.max_tokens]

@@ -15,7 +15,7 @@ import socket
 import sys
 
 from ..errors import InvalidRequestError, Llama3Error
-from ..quant import SCHEMES, SCHEMES_HELP
+from ..quant import LOAD_CHOICES, SCHEMES_HELP
 from ..registry import resolve_model
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", help="float32, bfloat16, float16")
     g.add_argument(
         "--quantize",
-        choices=SCHEMES,
+        choices=LOAD_CHOICES,
         help=SCHEMES_HELP,
     )
     g = p.add_argument_group("engine")

@@ -117,6 +117,7 @@ class Llama:
             max_batch_size=max_batch_size,
             seed=seed,
             tensor_parallel=tp,
+            auto_quantize=False,  # Meta's API: the weights as stored
         )
 
     @classmethod
@@ -133,12 +134,16 @@ class Llama:
         progress: bool = False,
         quantize: str | None = None,
         tensor_parallel: TensorParallel | None = None,
+        auto_quantize: bool = True,
     ) -> Llama:
         """Load a Meta directory, a Hugging Face directory, a GGUF file or a `llama3 quantize`
         directory (which loads quantized by itself).
 
         `quantize` ("int8", "int4", "int4-g64", "int4-g128") stores the projections quantized,
-        layer by layer while loading (int8 also on GPUs); see `llama3.quant`.
+        layer by layer while loading (int8 also on GPUs); see `llama3.quant`. "none" keeps float
+        weights. Left out, a quantized GGUF runs as its quant (Q4 blocks as int4, other quants as
+        int8) and a float checkpoint as float unless it would not fit in memory (then int8);
+        `auto_quantize=False` turns those defaults off. `self.loaded.weights_note` says which.
 
         Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
         bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,
@@ -160,13 +165,18 @@ class Llama:
             progress=progress,
             quantize=quantize,
             tensor_parallel=tensor_parallel,
+            auto_quantize=auto_quantize,
         )
         if max_seq_len is None:
             max_seq_len = default_max_seq_len(
                 lm.checkpoint.args, max_batch_size, lm.dtype, lm.device
             )
         log.info(
-            "loaded %s (%s) in %.2f s", lm.checkpoint.path, lm.checkpoint.format, lm.load_seconds
+            "loaded %s (%s) in %.2f s; %s",
+            lm.checkpoint.path,
+            lm.checkpoint.format,
+            lm.load_seconds,
+            lm.weights_note,
         )
         return cls(
             lm.model,

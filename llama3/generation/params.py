@@ -7,6 +7,7 @@ chat, HTTP server) gets the same clear errors for the same bad values.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -60,7 +61,9 @@ class SamplingParams:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise bad(name, f"must be a finite number, got {v!r}", f"pass a number for {name}")
-            return float(v)
+            # checked as sampling uses it, in float32: 5e-324 is 0 there (a fuzzer found that
+            # a penalty > 0 here failed inside the engine's step)
+            return float(struct.unpack("f", struct.pack("f", v))[0]) if abs(v) < 3e38 else v
 
         if self.max_tokens is not None and (
             isinstance(self.max_tokens, bool)

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -92,7 +93,9 @@ def _build(target: Path) -> None:
     os.close(fd)
     try:
         # a warning, not info: the CLI shows warnings, and a silent 15 s pause looks like a hang
-        log.warning("building the native int8/int4 CPU kernels (once, ~15 s) in %s", target.parent)
+        log.warning(
+            "building native kernels for this CPU (%s; once, ~15-60 s) in %s", isa(), target.parent
+        )
         done = subprocess.run([*cmd, "-o", tmp], capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(done.stderr.strip()[-2000:] or f"{cmd[0]} failed")
@@ -122,12 +125,31 @@ def _library_path() -> Path:
     return cache_dir() / f"llama3_kernels-{key.hexdigest()[:16]}.so"
 
 
-@functools.cache
+_lock = threading.Lock()
+_UNSET = object()
+#: None once loaded, the reason they are off, or _UNSET before the first `_load`
+_state: object = _UNSET
+
+
 def _load() -> str | None:
-    """Build (if needed) and load the kernels; None on success, else why not."""
+    """Build (if needed) and load the kernels, once per process; None on success, else why not.
+    Thread-safe: a load's background build (`prepare`) and a layer asking meanwhile share one
+    build."""
+    global _state
+    if _state is not _UNSET:
+        return _state  # type: ignore[return-value]
+    with _lock:
+        if _state is _UNSET:
+            _state = _build_and_load()
+    return _state  # type: ignore[return-value]
+
+
+def _build_and_load() -> str | None:
     why = _why_not()
     if why is not None:
-        log.info("native CPU kernels off (%s): int8/int4 products use the PyTorch paths", why)
+        # said once, as a warning unless the user turned them off themselves
+        say = log.info if why.startswith("LLAMA3_KERNELS=0") else log.warning
+        say("native CPU kernels off (%s): the portable PyTorch paths run instead", why)
         return why
     try:
         path = _library_path()
@@ -140,6 +162,49 @@ def _load() -> str | None:
         log.warning("native CPU kernels off (%s): int8/int4 products run slower paths", why)
         return why
     return None
+
+
+def prepare() -> threading.Thread | None:
+    """Build and load the kernels on a background thread (a model load overlaps it); None when
+    they are loaded or known to be off. Join the thread before the first product."""
+    if _state is not _UNSET:
+        return None
+    t = threading.Thread(target=_load, name="llama3-kernels-build", daemon=True)
+    t.start()
+    return t
+
+
+def isa() -> str:
+    """The instruction sets a build here uses (from the target and this CPU's flags)."""
+    flags = set(cpu_flags().split())
+    if os.environ.get("LLAMA3_KERNELS_MARCH", "native") != "native":
+        march = os.environ["LLAMA3_KERNELS_MARCH"]
+        return f"AVX2 + FMA (-march={march})" if march == "haswell" else f"-march={march}"
+    parts = ["AVX2 + FMA"]
+    if {"avx512f", "avx512bw", "avx512dq", "avx512_vnni"} <= flags:
+        parts = ["AVX-512 + VNNI"]
+    elif "avx512f" in flags:
+        parts = ["AVX-512"]
+    if "avx512_bf16" in flags:
+        parts.append("bf16")
+    if {"amx_tile", "amx_bf16"} <= flags:
+        parts.append("AMX")
+    return " + ".join(parts)
+
+
+def status() -> dict[str, object]:
+    """Whether the kernels are built (without building them): for `llama3 inspect`."""
+    why = _state if isinstance(_state, str) else _why_not()
+    if why is not None:
+        return {"state": "off", "reason": why, "isa": None, "path": None}
+    path = _library_path()
+    built = _state is None or path.exists()
+    return {
+        "state": "built" if built else "not built",
+        "reason": None,
+        "isa": isa(),
+        "path": str(path),
+    }
 
 
 def _register_fakes() -> None:

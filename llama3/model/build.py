@@ -8,14 +8,13 @@ dtype and assigned. A failure raises before the model exists, so nothing is left
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..checkpoint.loaded import LoadedCheckpoint, narrowed
+from ..checkpoint.loaded import LoadedCheckpoint, narrowed, read_bytes
 from ..errors import CheckpointError
 from ..utils.memory import release_freed_memory
 from .transformer import Transformer
@@ -99,7 +98,7 @@ def build_model(
                 tensor = src.load(dtype).to(device)
                 _assign(model, name, tensor)
             if on_bytes is not None:
-                on_bytes(math.prod(src.shape) * dtype.itemsize)
+                on_bytes(read_bytes(src, dtype))
         except CheckpointError:
             raise
         except Exception as e:  # a short read inside a mapped file surfaces here

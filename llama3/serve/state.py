@@ -120,6 +120,7 @@ class ServerState:
             self._formatter_error = e
         engine.start(loop)
         self.engine = engine
+        log.info("weights: %s", lm.weights_note)
         log.info(
             "serving %s as %r: %d KV blocks of %d tokens, max_model_len %d, max_num_seqs %d "
             "(loaded in %.1f s)",

@@ -21,7 +21,15 @@ def our_logits(path: Path, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
     from llama3.checkpoint import read_checkpoint
     from llama3.model.build import build_model
 
-    return build_model(read_checkpoint(path), dtype=torch.float32)(tokens)
+    model = build_model(read_checkpoint(path), dtype=torch.float32)
+    # Fresh (64-byte aligned) copies of the weights: a float32 tensor mapped straight from a file
+    # sits wherever the format put it, and the CPU GEMM's blocking, hence its rounding, depends on
+    # the alignment (seen on AVX-512: 1.6e-6 apart for bit-identical weights).
+    for p in model.parameters():
+        p.data = p.data.clone()
+    if model.params.tie_word_embeddings:
+        model.tie_weights()
+    return model(tokens)
 
 
 def hf_logits(model, tokens: torch.Tensor = TOKENS) -> torch.Tensor:

@@ -14,7 +14,8 @@ PROMPTS = [
 ]
 
 
-def test_logits_match_transformers(smollm2, smollm2_hf):
+def test_logits_match_transformers(smollm2_float, smollm2_hf):
+    smollm2 = smollm2_float
     ids = smollm2.tokenizer.encode_prompt("Llamas are domesticated South American camelids.")
     with torch.no_grad():
         ref = smollm2_hf(torch.tensor([ids])).logits[0]
@@ -22,7 +23,8 @@ def test_logits_match_transformers(smollm2, smollm2_hf):
     assert torch.allclose(ours, ref, atol=1e-3), (ours - ref).abs().max()
 
 
-def test_greedy_tokens_match_transformers_for_32_tokens(smollm2, smollm2_hf):
+def test_greedy_tokens_match_transformers_for_32_tokens(smollm2_float, smollm2_hf):
+    smollm2 = smollm2_float
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
     results = smollm2.complete(PROMPTS, params)
     for prompt, r in zip(PROMPTS, results):

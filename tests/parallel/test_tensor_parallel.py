@@ -51,7 +51,7 @@ def _run_workers(world: int, cases: list[dict], out: Path) -> None:
 
 
 def _single(path: Path, quantize: str | None = None) -> dict:
-    lm = load(path, quantize=quantize)
+    lm = load(path, quantize=quantize or "none")  # the ranks run float unless asked
     with torch.inference_mode():
         logits = lm.model(torch.tensor([PROMPTS[0]]))
     greedy = SamplingParams(temperature=0.0, max_tokens=8)

@@ -212,7 +212,7 @@ def test_smollm2_int8_is_within_one_percent_of_float(smollm2, smollm2_path):
 
 
 def test_a_gguf_table_quantized_in_chunks_is_the_whole_tables_quantization(
-    smollm2, smollm2_path, monkeypatch
+    smollm2_float, smollm2_path, monkeypatch
 ):
     """The token table is dequantized from the file's blocks a chunk of rows at a time (the whole
     float32 table was the load's peak); rows quantize one by one, so nothing changes."""
@@ -223,6 +223,7 @@ def test_a_gguf_table_quantized_in_chunks_is_the_whole_tables_quantization(
     real = apply.dequantize
     monkeypatch.setattr(apply, "dequantize", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     q = Llama.load(smollm2_path, max_seq_len=64, quantize="int8")
+    smollm2 = smollm2_float
     vocab = smollm2.model.params.vocab_size
     assert len(calls) == -(-vocab // 1000) and calls[-1] == (vocab % 1000, 576)  # the chunks ran
     codes, scale = quantize_rows(smollm2.model.tok_embeddings.weight)

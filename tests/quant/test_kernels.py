@@ -36,11 +36,45 @@ def test_build_from_scratch_then_load_from_the_cache(tmp_path):
         pytest.skip(why)
     lines, err = probe(tmp_path)
     assert lines == ["True None", "torch.Size([2, 8]) True"]
-    assert "building the native int8/int4 CPU kernels" in err
+    assert "building native kernels for this CPU" in err
     assert len(list((tmp_path / "cache").glob("llama3_kernels-*.so"))) == 1
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith("llama3_")]
     lines, err = probe(tmp_path)  # built once: the second process only loads it
     assert lines[0] == "True None" and "building" not in err
+
+
+def test_a_load_builds_them_before_the_first_prompt(tmp_path, tiny):
+    """A fresh cache: `llama3 generate` on a float model (whose layers never ask for the kernels
+    while loading) builds them during the load, says so once, and answers after."""
+    from llama3 import kernels
+
+    why = kernels.unavailable_reason()
+    if why and "failed" not in why:
+        pytest.skip(why)
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMA3_KERNELS", "CXX")}
+    env.update(LLAMA3_KERNEL_CACHE=str(tmp_path / "cache"))
+    argv = [sys.executable, "-m", "llama3", "generate", "--model", str(tiny.path("3.1", "hf"))]
+    out = subprocess.run(
+        [*argv, "--max-tokens", "2", "--temperature", "0", "Hello"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    err = out.stderr.splitlines()
+    built = [i for i, ln in enumerate(err) if ln.startswith("building native kernels")]
+    loaded = [i for i, ln in enumerate(err) if ln.startswith("weights: ")]
+    assert len(built) == 1 and len(loaded) == 1 and built[0] < loaded[0], out.stderr
+    assert len(list((tmp_path / "cache").glob("llama3_kernels-*.so"))) == 1
+    shown = subprocess.run(
+        [sys.executable, "-m", "llama3", "inspect", str(tiny.path("3.1", "hf"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "native kernels: built, " in shown.stdout, shown.stdout
 
 
 def test_turned_off_by_the_environment(tmp_path):

@@ -58,7 +58,7 @@ def test_gguf_q4_as_int4_holds_the_files_exact_weights(tiny):
     """Q4_0 blocks are not requantized: the int4 layers hold the weights the float path reads."""
     src = tiny.path("3.0", "gguf-q4")
     q = Llama.load(src, quantize="int4", max_seq_len=64).model
-    f = Llama.load(src, max_seq_len=64).model
+    f = Llama.load(src, max_seq_len=64, quantize="none").model
     for ql, fl in zip(q.layers, f.layers, strict=True):
         att, ff = fl.attention, fl.feed_forward
         qkv = torch.cat([att.wq.weight, att.wk.weight, att.wv.weight])
