@@ -195,14 +195,14 @@ class Server:
         return "\n".join(lines[-n:])
 
 
-def our_server(model: Path, max_seqs: int, threads: int, quantize: str = "none") -> Server:
+def our_server(model: Path, max_seqs: int, threads: int, quantize: str = "default") -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "llama3", "serve", "--model", str(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--max-num-seqs", str(max_seqs)]
-    if quantize != "none":
+    if quantize != "default":  # "default": no flag, what a user gets (a Q4 GGUF runs as int4)
         argv += ["--quantize", quantize]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return Server("ours" if quantize == "none" else f"ours-{quantize}", argv, env, port)
+    return Server("ours" if quantize == "default" else f"ours-{quantize}", argv, env, port)
 
 
 def llamacpp_server(binary: str, model: Path, slots: int, threads: int, max_tokens: int) -> Server:
@@ -518,8 +518,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed for the prompts' random ids")
     p.add_argument(
         "--ours-quantize",
-        default="none",
-        help="comma-separated: run our server once per value (none, int8), e.g. none,int8",
+        default="default",
+        help="comma-separated: run our server once per value (default = no --quantize flag; "
+        "none = float32; int8, int4), e.g. default,int8",
     )
     p.add_argument("--skip-ours", action="store_true", help="benchmark llama-server only")
     p.add_argument("--skip-llamacpp", action="store_true", help="benchmark llama3 serve only")
