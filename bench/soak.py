@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disconnect", type=float, default=0.2, help="share of clients that cut")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "serve_args",
+        nargs=argparse.REMAINDER,
+        help="after --: more `llama3 serve` flags (e.g. -- --kv-cache-memory 256MiB)",
+    )
     args = p.parse_args(argv)
     model = args.model or default_model_path()
     port = free_port()
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     log = tempfile.TemporaryFile()
     argv = [sys.executable, "-m", "llama3", "serve", "--model", str(model), "--quiet"]
     argv += ["--host", "127.0.0.1", "--port", str(port)]
+    argv += [a for a in args.serve_args if a != "--"]
     server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         for _ in range(600):

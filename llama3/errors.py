@@ -52,6 +52,11 @@ class InvalidRequestError(Llama3Error):
         self.param = param
 
 
+class RequestFailedError(InvalidRequestError):
+    """One request failed inside the engine (its forward rows or its sampling raised); the other
+    requests of its batch carried on."""
+
+
 class ContextLengthExceeded(InvalidRequestError):
     """The prompt (plus what must be generated) does not fit in the model's context window."""
 

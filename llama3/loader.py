@@ -139,9 +139,7 @@ def load(
     if tp is not None:
         total //= tp.world
         progress = progress and tp.rank == 0
-    choice = choose(
-        ckpt, quantize, dev, dt, tensor_parallel=tp is not None, auto=auto_quantize
-    )
+    choice = choose(ckpt, quantize, dev, dt, tensor_parallel=tp is not None, auto=auto_quantize)
     quantizer = None
     if choice.scheme is not None:
         from .quant.apply import LoadQuantizer, QuantSpec, check_device

@@ -60,7 +60,9 @@ def detect_format(path: str | os.PathLike) -> tuple[Format, Path]:
     )
 
 
-def read_checkpoint(path: str | os.PathLike, *, prefer_shards: int | None = None) -> LoadedCheckpoint:
+def read_checkpoint(
+    path: str | os.PathLike, *, prefer_shards: int | None = None
+) -> LoadedCheckpoint:
     """Read `path`'s config and open its tensors lazily; `prefer_shards` picks AIME's
     `merged.{N}GPUs.*.pth` files of a Meta directory when a run has that many ranks."""
     fmt, p = detect_format(path)

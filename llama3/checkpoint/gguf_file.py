@@ -150,9 +150,7 @@ def _narrower(
                 return torch.from_numpy(part.view(native[1])).view(cut)
             return dequantize(read(), qtype, cut, dtype=dtype)
 
-        return TensorSource(
-            cut, load, where, ggml_type=qtype, raw=part, read_raw=read
-        )
+        return TensorSource(cut, load, where, ggml_type=qtype, raw=part, read_raw=read)
 
     return narrow
 

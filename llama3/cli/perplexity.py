@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--kl-divergence-base", metavar="REF", help="reference model: report KL(REF || MODEL)"
     )
     p.add_argument(
-        "--quantize", choices=LOAD_CHOICES, help="quantize MODEL (not the reference): " + SCHEMES_HELP
+        "--quantize",
+        choices=LOAD_CHOICES,
+        help="quantize MODEL (not the reference): " + SCHEMES_HELP,
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N")
     p.add_argument("--dtype", help="float32, bfloat16, float16")

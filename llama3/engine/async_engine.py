@@ -193,6 +193,10 @@ class AsyncLLMEngine:
                 self._deliver(items)
                 continue
             items = []
+            for rid, err in engine.take_failures():  # requests the step failed alone
+                stream = self._forget(rid)
+                if stream is not None:
+                    items.append((stream, err))
             with self._lock:
                 for o in outs:
                     stream = self._streams.get(o.request_id)

@@ -9,11 +9,13 @@ thread of its own and calls everything else through that thread.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
 
+from ..errors import RequestFailedError
 from ..generation.params import GenerationResult, SamplingParams, TokenEvent
 from ..generation.sequence_state import SequenceState, sample_next_tokens, validate_prompt
 from ..model.paged_cache import PagedKVPool
@@ -23,8 +25,10 @@ from ..utils.device import available_memory
 from .block_manager import BlockManager
 from .config import EngineConfig, cdiv, num_blocks_for_memory
 from .runner import ModelRunner
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from .sequence import Sequence, SequenceStatus
+
+log = logging.getLogger(__name__)
 
 #: default share of free memory for the KV pool when no size is given
 KV_MEMORY_FRACTION = 0.25
@@ -105,6 +109,8 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.pool, self.block_manager)
         self._ids = itertools.count()
         self._prompt_lps: dict[object, tuple[list, list]] = {}
+        #: requests a step failed alone (see `step`), until `take_failures` hands them on
+        self._failures: list[tuple[str, RequestFailedError]] = []
 
     @property
     def max_model_len(self) -> int:
@@ -170,20 +176,35 @@ class LLMEngine:
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
+        """One forward pass and its sampled tokens. A request whose rows or sampling raise fails
+        alone: it is finished, its error waits in `take_failures`, and the rest of the batch
+        goes on (a forward that fails for a batch but for none of its requests alone raises)."""
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
-        logits, prompt_logits = self.runner.run(out)
+        try:
+            logits, prompt_logits = self.runner.run(out)
+        except Exception as e:
+            # Nothing was committed (computed counts advance in `postprocess`), so the requests
+            # that pass alone simply run again in the next step.
+            self._blame_forward(out, e)
+            return []
         for s in out.scheduled:
             if s.seq.seq_id in prompt_logits:
                 self._record_prompt_logprobs(s.seq, *prompt_logits[s.seq.seq_id])
         sampled = [s.seq for s in out.scheduled if s.sample]
         states: list[SequenceState] = [seq.sampling for seq in sampled]
-        tokens = sample_next_tokens(states, logits) if sampled else []
+        tokens = self._sample(sampled, logits)
         outputs, new_tokens, stopped = [], {}, set()
         for row, (seq, state, tok) in enumerate(zip(sampled, states, tokens)):
+            if tok is None:
+                continue
+            try:
+                ev = state.accept(tok, logits[row])
+            except Exception as e:
+                self._fail(seq, e)
+                continue
             new_tokens[seq.seq_id] = tok
-            ev = state.accept(tok, logits[row])
             o = RequestOutput(seq.seq_id, ev)
             if seq.seq_id in self._prompt_lps:
                 o.prompt_logprobs, o.prompt_top_logprobs = self._prompt_lps.pop(seq.seq_id)
@@ -192,6 +213,61 @@ class LLMEngine:
                 stopped.add(seq.seq_id)
         self.scheduler.postprocess(out, new_tokens, stopped)
         return outputs
+
+    def take_failures(self) -> list[tuple[str, RequestFailedError]]:
+        """(request id, error) of each request a step failed alone since the last call."""
+        failures, self._failures = self._failures, []
+        return failures
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int | None]:
+        """The batch's next tokens in one call; if that raises, row by row, failing the rows
+        that raise alone (None in their place)."""
+        if not seqs:
+            return []
+        try:
+            return list(sample_next_tokens([q.sampling for q in seqs], logits))
+        except Exception:
+            pass
+        tokens: list[int | None] = []
+        for row, seq in enumerate(seqs):
+            try:
+                tokens.append(sample_next_tokens([seq.sampling], logits[row : row + 1])[0])
+            except Exception as e:
+                self._fail(seq, e)
+                tokens.append(None)
+        return tokens
+
+    def _blame_forward(self, out: SchedulerOutput, error: Exception) -> None:
+        """Run each scheduled entry alone to find the requests the failed forward was theirs."""
+        if len(out.scheduled) == 1:
+            self._fail(out.scheduled[0].seq, error)
+            return
+        blamed = 0
+        for s in out.scheduled:
+            try:
+                self.runner.run(
+                    SchedulerOutput([ScheduledSeq(s.seq, s.num_new_tokens, s.start, s.sample)])
+                )
+            except Exception as e:
+                self._fail(s.seq, e)
+                blamed += 1
+        if not blamed:
+            raise error
+
+    def _fail(self, seq: Sequence, error: Exception) -> None:
+        log.error("request %s failed in the engine", seq.seq_id, exc_info=error)
+        rid = str(seq.seq_id)
+        self._prompt_lps.pop(seq.seq_id, None)
+        self.scheduler.finish(seq.seq_id, SequenceStatus.FINISHED_ABORTED)
+        self._failures.append(
+            (
+                rid,
+                RequestFailedError(
+                    f"the request failed in the engine: {type(error).__name__}: {error}",
+                    "check its parameters (the other requests of its batch were not affected)",
+                ),
+            )
+        )
 
     def _record_prompt_logprobs(self, seq: Sequence, first: int, logits: torch.Tensor) -> None:
         lps, tops = self._prompt_lps.setdefault(seq.seq_id, ([None], [None]))
@@ -223,7 +299,12 @@ class LLMEngine:
             if sp.logprobs is not None:
                 results[rid].logprobs = []
         while self.has_unfinished():
-            for o in self.step():
+            outs = self.step()
+            failures = self.take_failures()
+            if failures:  # offline: the caller gets the error, not a partial result
+                self.abort_all()
+                raise failures[0][1]
+            for o in outs:
                 r, ev = results[o.request_id], o.event
                 r.tokens.append(ev.token)
                 r.text += ev.text

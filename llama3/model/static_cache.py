@@ -42,7 +42,9 @@ class StaticKVCache(KVCache):
     visible: torch.Tensor | None = None
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        # zeroed: the masked window below reads keys past the position, and 0 x NaN of an
+        # uninitialized slot would be NaN despite a zero probability
+        super().__init__(*args, zeroed=True, **kwargs)
         #: a decode step attends with the native CPU kernel, which reads exactly the keys written
         #: so far (no window, no mask; 1.8 ms of a 10 ms step was the windowed attention)
         self.native = kernels.native_attention(self.k[0])

@@ -195,7 +195,9 @@ class Transformer(nn.Module):
         self.vocab_size = params.vocab_size
         self.n_layers = params.n_layers
         self.shard = shard
-        rows = params.vocab_size if shard is None else shard.vocab_range()[1] - shard.vocab_range()[0]
+        rows = (
+            params.vocab_size if shard is None else shard.vocab_range()[1] - shard.vocab_range()[0]
+        )
         self.tok_embeddings = _embedding(rows, params.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
@@ -304,8 +306,15 @@ class Transformer(nn.Module):
         else:
             cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
             h = self._embed(tokens)
-            for layer in self.layers:
-                h = layer(h, cos, sin, start_pos, cache)
+            if isinstance(cache, PagedBatch):
+                # A serving step's rows are whatever was batched with whom: its prompt rows keep
+                # the kernels a lone request takes, so batching never changes a token.
+                with bf16_rows.batch_invariant():
+                    for layer in self.layers:
+                        h = layer(h, cos, sin, start_pos, cache)
+            else:
+                for layer in self.layers:
+                    h = layer(h, cos, sin, start_pos, cache)
         if logits_indices is not None:
             h = h[:, logits_indices]
         elif last_only:

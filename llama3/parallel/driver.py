@@ -117,9 +117,7 @@ def follow(model: torch.nn.Module, tp: TensorParallel) -> None:
                 pool = caches[key] = PagedKVPool(
                     model.params, num_blocks, block_size, device=dev, dtype=dt
                 )
-            cache = PagedBatch(
-                pool, slots.to(dev), [Segment(q, n, k.to(dev)) for q, n, k in segs]
-            )
+            cache = PagedBatch(pool, slots.to(dev), [Segment(q, n, k.to(dev)) for q, n, k in segs])
         with torch.inference_mode():
             model.logits(
                 tokens.to(dev),

@@ -126,9 +126,7 @@ def init(device: str | torch.device | None = None) -> TensorParallel:
     world = world_size_from_env()
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    want_cuda = (
-        torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    )
+    want_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if want_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

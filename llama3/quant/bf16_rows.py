@@ -9,14 +9,16 @@ measured in BENCHMARKS.md's quality table; decoding (a few rows) keeps the int16
 A quantized model's prompt chunks also attend in bfloat16 (`attention_applies`; on AMX tiles,
 `llama3_kernels::amx_attention`: 3-4x faster than float32 SDPA).
 `LLAMA3_BF16_PREFILL=0` turns it off; CPUs without AMX never take it (their bfloat16 GEMM is
-slower than float32).
+slower than float32). Serving steps never take it (`batch_invariant`): there a row count is an
+accident of batching, and it must not change a token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -24,6 +26,10 @@ from .. import kernels
 
 #: fewer rows than this (decode steps, short prompts) stay on the int16-grid kernels
 MIN_ROWS = 64
+#: set inside a serving step (`batch_invariant`): prompt rows stay on the int16-grid kernels. A
+#: module global, not a ContextVar, which torch.compile cannot trace: one engine thread per
+#: process runs serving steps, and the compiled decode step never sets it.
+_batch_invariant = False
 #: bfloat16 weights converted per step: the copy stays a few MB whatever the layer's size
 _SLAB_BYTES = 8 << 20
 
@@ -36,10 +42,31 @@ def _amx() -> bool:
     return "amx_bf16" in kernels.cpu_flags().split() and torch.backends.mkldnn.is_available()
 
 
+@contextlib.contextmanager
+def batch_invariant(on: bool = True) -> Iterator[None]:
+    """Inside (when `on`), no product or attention takes the bfloat16 path. A continuous-
+    batching step holds as many rows as its batch happens to have (other prompts, the part of a
+    prompt a prefix-cache hit leaves, a chunk boundary), and a path chosen by row count would
+    let that change a request's tokens; outside a serving step a request's rows are its own."""
+    global _batch_invariant
+    before = _batch_invariant
+    _batch_invariant = on or before
+    try:
+        yield
+    finally:
+        _batch_invariant = before
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether a product of `x` (rows, in) takes this path (not under autograd: it writes into
     slices of a preallocated output)."""
-    return x.shape[0] >= MIN_ROWS and x.device.type == "cpu" and not x.requires_grad and _amx()
+    return (
+        x.shape[0] >= MIN_ROWS
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and not _batch_invariant
+        and _amx()
+    )
 
 
 def attention_applies(q: torch.Tensor, cache: object) -> bool:
@@ -53,7 +80,9 @@ def attention_applies(q: torch.Tensor, cache: object) -> bool:
 
     if isinstance(cache, PagedBatch) and cache.decodes:
         return False
-    return not torch.is_grad_enabled() and _amx()  # never while fine-tuning
+    return (
+        not torch.is_grad_enabled() and not _batch_invariant and _amx()
+    )  # never while fine-tuning
 
 
 def product(

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..engine.async_engine import AsyncLLMEngine, RequestStream
 from ..engine.engine import RequestOutput
-from ..errors import ContextLengthExceeded
+from ..errors import ContextLengthExceeded, Llama3Error
 from ..generation.params import SamplingParams
-from .errors import APIError
+from .errors import APIError, from_llama3_error
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -107,6 +107,10 @@ class Run:
                 if item is _END:
                     remaining -= 1
                     continue
+                if isinstance(item, Llama3Error):  # the engine failed this request
+                    self.outcome = f"error {item.http_status}"
+                    # an APIError, so a stream whose headers went out ends in an error event
+                    raise from_llama3_error(item) from item
                 if isinstance(item, Exception):
                     raise item
                 assert isinstance(item, RequestOutput)

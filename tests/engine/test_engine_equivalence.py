@@ -161,3 +161,30 @@ def test_echo_prompt_logprobs_equal_the_offline_path(llm, cfg):
         assert tops[0] is None and all(len(t) == 2 for t in tops[1:])
         assert all(t[0][1] >= lp - 1e-6 for t, lp in zip(tops[1:], lps[1:]))
     assert engine.block_manager.num_free_blocks == cfg.num_blocks
+
+
+def test_a_prefix_cache_hit_does_not_change_a_quantized_answer(llm_quantized):
+    """The rows a step computes depend on the batch: a prompt of 100 tokens runs as 100 rows,
+    or as the 36 a prefix-cache hit on its first 64 leaves. On a CPU with AMX a path chosen by
+    row count (bfloat16 from 64 rows) would move the logits (and, in a close call, a token);
+    serving steps never take it. (Without AMX both runs take the int16-grid path.)"""
+    llm = llm_quantized
+    cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, num_blocks=64, max_model_len=256)
+    engine = LLMEngine(llm.model, llm.tokenizer, cfg)  # the whole prompt in one step
+    words = " ".join(f"w{i}" for i in range(200))
+    prompt = llm.tokenizer.encode(words, bos=True, eos=False)[:100]
+    sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=0)
+    first = engine.generate([prompt], sp)[0]
+    engine.block_manager.reset_prefix_cache()
+    other = prompt[:64] + llm.tokenizer.encode(" something else", bos=False, eos=False)
+    engine.generate([other], sp)  # leaves the first 64 tokens' blocks in the prefix cache
+    queried, hits = engine.block_manager.queried_tokens, engine.block_manager.hit_tokens
+    again = engine.generate([prompt], sp)[0]
+    assert engine.block_manager.hit_tokens - hits == 64
+    assert engine.block_manager.queried_tokens - queried == 100
+    # bit for bit: the logprobs, not only the (robust) argmax
+    assert again.tokens == first.tokens
+    # int8 rows are bit-identical; int4 rows past 48 take a dequantized float product (1e-4
+    # here). The bfloat16 path the serving step must not take moves them 2e-3 to 4e-3.
+    diff = max(abs(a - b) for a, b in zip(again.logprobs, first.logprobs))
+    assert diff < 5e-4

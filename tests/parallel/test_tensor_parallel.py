@@ -158,7 +158,10 @@ def test_shard_plan_rules():
     plans = [ShardPlan.make(args, r, 4) for r in range(4)]
     assert [p.kv_head_start for p in plans] == [0, 0, 1, 1]
     assert [p.cut("layers.0.attention.wk.weight") for p in plans] == [
-        (0, 0, 8), (0, 0, 8), (0, 8, 16), (0, 8, 16)
+        (0, 0, 8),
+        (0, 0, 8),
+        (0, 8, 16),
+        (0, 8, 16),
     ]
     assert plans[1].cut("layers.0.attention.wo.weight") == (-1, 16, 32)
     assert plans[0].cut("layers.0.attention_norm.weight") is None
@@ -195,7 +198,10 @@ def test_cli_generate_and_chat_under_torchrun(tiny):
     chat = ["chat", "--model", path, "--temperature", "0", "--max-tokens", "10", "--quiet"]
     lines = "Hello\nWhat is a llama?\n"
     one = subprocess.run(
-        [sys.executable, "-m", "llama3", *chat], input=lines, capture_output=True, text=True,
+        [sys.executable, "-m", "llama3", *chat],
+        input=lines,
+        capture_output=True,
+        text=True,
         env=_env(),
     )
     two = subprocess.run(
@@ -226,9 +232,11 @@ def test_openai_server_under_torchrun(tiny):
             return [*TORCHRUN, "--nproc-per-node", "2", "-m", *cmd[2:]]
 
     messages = [{"role": "user", "content": "Say something."}]
-    want = Llama.load(path, max_seq_len=256).chat(
-        [messages], SamplingParams(temperature=0.0, max_tokens=10)
-    )[0].text
+    want = (
+        Llama.load(path, max_seq_len=256)
+        .chat([messages], SamplingParams(temperature=0.0, max_tokens=10))[0]
+        .text
+    )
     srv = TorchrunServer(model=path, max_model_len=256).start(timeout=240)
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none")
@@ -265,14 +273,22 @@ def _spawn_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
     for r in range(world):
         env = _env()
         env.update(
-            RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LLAMA3_TP_TIMEOUT="30",
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            LLAMA3_TP_TIMEOUT="30",
         )
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "llama3", *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
             )
         )
     return procs
