@@ -307,9 +307,23 @@ class LevelResult:
     per_request: list[RequestResult] = field(default_factory=list)
 
 
-def make_prompts(n: int, rng: random.Random) -> list[str]:
+#: words the --prompt-words notes are drawn from (about 1.3 SmolLM2 tokens per word)
+NOTE_WORDS = (
+    "river stone lantern quiet market winter garden harbor silver bread mountain letter window "
+    "forest candle engine village copper meadow storm bridge ladder orchard thunder ribbon"
+).split()
+
+
+def make_prompts(n: int, rng: random.Random, words: int = 0) -> list[str]:
+    """n unique prompts; `words` > 0 puts that many random words of notes before the ask (75
+    words = about 100 prompt tokens with the chat template)."""
+
+    def notes() -> str:
+        return f" Notes: {' '.join(rng.choice(NOTE_WORDS) for _ in range(words))}." if words else ""
+
     return [
-        f"[{rng.getrandbits(48):012x}-{i}] Write a long story about {TOPICS[i % len(TOPICS)]}."
+        f"[{rng.getrandbits(48):012x}-{i}]{notes()} Write a long story about "
+        f"{TOPICS[i % len(TOPICS)]}."
         for i in range(n)
     ]
 
@@ -429,9 +443,14 @@ def summarize(server: str, concurrency: int, rnd: int, results: list[RequestResu
 
 
 def run_level(
-    server: Server, concurrency: int, rnd: int, max_tokens: int, rng: random.Random
+    server: Server,
+    concurrency: int,
+    rnd: int,
+    max_tokens: int,
+    rng: random.Random,
+    words: int = 0,
 ) -> LevelResult:
-    prompts = make_prompts(max(2 * concurrency, 8), rng)
+    prompts = make_prompts(max(2 * concurrency, 8), rng, words)
     results = asyncio.run(
         run_clients(server.url, server.model_id, prompts, concurrency, max_tokens)
     )
@@ -512,6 +531,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-server", default=None, help="llama.cpp server binary")
     p.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--prompt-words",
+        type=int,
+        default=0,
+        help="random words of notes in each prompt (75 = about 100 prompt tokens; 0: ~20 tokens)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -579,7 +604,7 @@ def run_all(
         for c in args.levels:
             for s in servers:
                 time.sleep(SETTLE_S)
-                r = run_level(s, c, rnd, args.max_tokens, rng)
+                r = run_level(s, c, rnd, args.max_tokens, rng, args.prompt_words)
                 results.append(r)
                 print(
                     f"  round {rnd} C={c:<3} {s.name:<9} {r.tokens_per_s:8.1f} tok/s  "
