@@ -133,8 +133,12 @@ class LoRAConfig:
                 elif proj not in self.targets:
                     continue
                 r = _pattern(self.rank_pattern, hf, self.r)
-                out[name] = (int(r), float(_pattern(self.alpha_pattern, hf, self.alpha)))
+                out[name] = (int(r), self.alpha_for(name))
         return out
+
+    def alpha_for(self, module: str) -> float:
+        """The alpha of Meta module `module` (PEFT's `alpha_pattern` applied)."""
+        return float(_pattern(self.alpha_pattern, hf_module(module), self.alpha))
 
     def scale(self, r: int, alpha: float) -> float:
         return alpha / (math.sqrt(r) if self.rslora else r)

@@ -42,11 +42,7 @@ class Adapter:
 
     def modules(self) -> dict[str, tuple[int, float]]:
         """Meta module -> (rank, alpha), the rank read from the weights."""
-        full = self.config.modules(10**6)
-        return {
-            n: (a.shape[0], full.get(n, (a.shape[0], self.config.alpha))[1])
-            for n, (a, _) in self.weights.items()
-        }
+        return {n: (a.shape[0], self.config.alpha_for(n)) for n, (a, _) in self.weights.items()}
 
     def deltas(self) -> dict[str, torch.Tensor]:
         """Meta weight name -> scale * B @ A (float32, Meta layout): what a merge adds."""
