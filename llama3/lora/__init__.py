@@ -8,7 +8,7 @@ transformers + PEFT both ways. Training lives in `llama3.finetune`.
 
 from __future__ import annotations
 
-from .attach import adapters, attach, merge, trainable_parameters
+from .attach import adapters, attach, detach, merge, trainable_parameters
 from .config import LoRAConfig, parse_targets
 from .layers import LoRA, LoRAFused, LoRALinear
 from .peft_io import Adapter, load_adapter, peft_state_dict, read_adapter, save_adapter
@@ -21,6 +21,7 @@ __all__ = [
     "LoRALinear",
     "adapters",
     "attach",
+    "detach",
     "load_adapter",
     "merge",
     "parse_targets",

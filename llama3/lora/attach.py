@@ -124,6 +124,17 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for lora in adapters(model).values() for p in (lora.A, lora.B)]
 
 
+def detach(model: Transformer) -> Transformer:
+    """Remove every adapter: the model is its base again (whose tensors were never changed)."""
+    for path, m in list(model.named_modules()):
+        if isinstance(m, LoRALinear | LoRAFused):
+            parent_path, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent_path), leaf, m.base)
+    model._native_decode = None
+    model._native_weights = None
+    return model
+
+
 @torch.no_grad()
 def merge(model: Transformer) -> Transformer:
     """Fold every adapter into its float base weight (W += scale * B @ A) and drop the wrappers.
