@@ -70,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from ..lora import LoRAConfig, parse_targets
 
     out = Path(args.out)
-    if (out / "adapter_config.json").exists() and not args.resume:
+    earlier = [out / "adapter_config.json", out / "metrics.jsonl", *out.glob("checkpoint-*")]
+    if not args.resume and any(p.exists() for p in earlier):
         raise InvalidRequestError(
-            f"{out} already holds an adapter", "pass another --out, or --resume to continue"
+            f"{out} already holds a training run", "pass another --out, or --resume to continue it"
         )
     model_path = resolve_model(args.model)
     lora = LoRAConfig(  # checked before the load: a bad flag fails at once

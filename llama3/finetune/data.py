@@ -56,6 +56,7 @@ class Batch:
     labels: torch.Tensor  # (bsz, seqlen), IGNORE where no loss
     positions: torch.Tensor | None = None  # (bsz, seqlen) for packed rows
     segments: torch.Tensor | None = None  # (bsz, seqlen) for packed rows
+    n_tokens: int = 0  # real (not padding) tokens
 
     @property
     def n_labels(self) -> int:
@@ -214,7 +215,7 @@ def pad_batch(examples: Sequence[Example]) -> Batch:
     for i, e in enumerate(examples):
         tokens[i, : len(e.ids)] = torch.tensor(e.ids)
         labels[i, : len(e.ids)] = torch.tensor(e.labels)
-    return Batch(tokens, labels)
+    return Batch(tokens, labels, n_tokens=sum(len(e.ids) for e in examples))
 
 
 def pack_rows(examples: Sequence[Example], max_seq_len: int) -> list[list[Example]]:
@@ -249,7 +250,8 @@ def packed_batch(rows: Sequence[Sequence[Example]]) -> Batch:
             positions[i, at : at + n] = torch.arange(n)
             segments[i, at : at + n] = s
             at += n
-    return Batch(tokens, labels, positions, segments)
+    n = sum(len(e.ids) for row in rows for e in row)
+    return Batch(tokens, labels, positions, segments, n_tokens=n)
 
 
 def batches(

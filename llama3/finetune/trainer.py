@@ -37,6 +37,8 @@ from .data import Batch, Example, batches, epoch_order
 from .forward import loss_sum
 
 STATE = "trainer_state.pt"
+#: settings a resumed run may change without changing what it computes
+_FREE_ON_RESUME = ("save_every", "eval_every", "keep_checkpoints", "log_every")
 METRICS = "metrics.jsonl"
 
 
@@ -164,6 +166,17 @@ class Trainer:
             return None
         ck = found[-1]
         state = torch.load(ck / STATE, map_location="cpu", weights_only=False)
+        changed = [
+            k
+            for k, v in asdict(self.cfg).items()
+            if k not in _FREE_ON_RESUME and state["config"].get(k) != v
+        ]
+        if changed:
+            was = ", ".join(f"{k}={state['config'].get(k)!r}" for k in changed)
+            raise InvalidRequestError(
+                f"{ck} was written with other training settings ({was})",
+                "resume with the flags of the run it came from, or start a new --out",
+            )
         adapter = read_adapter(ck, self.model.params)
         with torch.no_grad():
             for name, lora in adapters(self.model).items():
@@ -258,7 +271,7 @@ class Trainer:
             self.model.eval()
             self.step += 1
             self.index += len(group)
-            self.tokens += sum(int((b.labels != -100).sum()) for b in group)
+            self.tokens += sum(b.n_tokens for b in group)
             last = self.step == self.total_steps
             eval_loss = None
             if self.eval_examples and (

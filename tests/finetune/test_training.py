@@ -37,11 +37,17 @@ def test_qlora_int4_loss_falls_and_base_is_unchanged(tiny, tmp_path):
     before = _base_tensors(lm.model)
     r = Renderer(lm.tokenizer, chat_formatter(lm.tokenizer))
     train = [r.example(rec, i) for i, rec in enumerate(chat_records(4))]
-    cfg = TrainConfig(lr=1e-2, max_steps=8, batch_size=4, checkpointing=True)
+    cfg = TrainConfig(lr=1e-2, max_steps=8, batch_size=4, checkpointing=True, eval_every=4)
     lora = LoRAConfig(r=8, alpha=16, dropout=0.0, targets=("wq", "wk", "wv", "wo", "w1", "w3"))
-    Trainer(lm.model, lora, train, cfg, tmp_path, log=lambda s: None).run()
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = []
+    Trainer(lm.model, lora, train, cfg, tmp_path, eval_examples=train[:2], log=lines.append).run()
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics]
     assert losses[-1] < 0.8 * losses[0], losses
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [4, 8]
+    assert metrics[-1]["eval_loss"] < metrics[3]["eval_loss"]
+    assert metrics[0]["tokens"] == sum(len(e.ids) for e in train)
+    assert "step 8/8 loss" in lines[-1] and " eval " in lines[-1] and "tok/s ETA" in lines[-1]
     after = _base_tensors(lm.model)
     assert after.keys() == before.keys() and all(torch.equal(before[n], after[n]) for n in after)
     assert lm.model.layers[0].attention.wqkv.loras.keys() == {"wq", "wk", "wv"}
@@ -104,7 +110,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
     assert steps == list(range(1, 21))
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny, tmp_path, capsys):
     data = write_jsonl(tmp_path / "train.jsonl", chat_records(24))
     out = tmp_path / "out"
     cmd = [*_finetune_cmd(tiny.path("3.1", "hf"), data, out)]
@@ -116,6 +122,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "checkpoint saved in" in err and "--resume" in err
     assert len(list(out.glob("checkpoint-*"))) == 1
+    # the same --out again without --resume: refused, nothing overwritten
+    assert main(cmd[3:]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
 
 
 def test_merge_to_hf_gives_the_adapters_logits_in_transformers(tiny, tmp_path, capsys):
