@@ -165,7 +165,7 @@ class Trainer:
         if not found:
             return None
         ck = found[-1]
-        state = torch.load(ck / STATE, map_location="cpu", weights_only=False)
+        state = torch.load(ck / STATE, map_location="cpu", weights_only=True)
         changed = [
             k
             for k, v in asdict(self.cfg).items()

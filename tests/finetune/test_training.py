@@ -37,7 +37,9 @@ def test_qlora_int4_loss_falls_and_base_is_unchanged(tiny, tmp_path):
     before = _base_tensors(lm.model)
     r = Renderer(lm.tokenizer, chat_formatter(lm.tokenizer))
     train = [r.example(rec, i) for i, rec in enumerate(chat_records(4))]
-    cfg = TrainConfig(lr=1e-2, max_steps=8, batch_size=4, checkpointing=True, eval_every=4)
+    cfg = TrainConfig(
+        lr=1e-2, max_steps=8, batch_size=2, checkpointing=True, eval_every=4, packing=True
+    )
     lora = LoRAConfig(r=8, alpha=16, dropout=0.0, targets=("wq", "wk", "wv", "wo", "w1", "w3"))
     lines = []
     Trainer(lm.model, lora, train, cfg, tmp_path, eval_examples=train[:2], log=lines.append).run()
@@ -153,6 +155,11 @@ def test_merge_to_hf_gives_the_adapters_logits_in_transformers(tiny, tmp_path, c
     merged = merge(lm.model)
     torch.testing.assert_close(merged(TOKENS), want, atol=1e-5, rtol=0)
     assert type(merged.layers[0].attention.wq).__name__ == "Linear"
-    # and the merged directory runs here without the adapter
+    # and the merged directory runs here without the adapter; so does a merged GGUF
     llm = Llama.load(out, quantize="none", max_seq_len=64)
+    torch.testing.assert_close(llm.model(TOKENS), want, atol=1e-4, rtol=0)
+    gguf = tmp_path / "merged.gguf"
+    argv = ["merge", "--model", str(path), "--adapter", str(tmp_path / "ad"), "--out", str(gguf)]
+    assert main([*argv, "--to", "gguf", "--dtype", "f32"]) == 0
+    llm = Llama.load(gguf, quantize="none", max_seq_len=64)
     torch.testing.assert_close(llm.model(TOKENS), want, atol=1e-4, rtol=0)
