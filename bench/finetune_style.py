@@ -3,8 +3,9 @@ chat examples that all answer in one fixed style ("Ahoy matey! ... be a fine thi
 greedy `llama3 chat` on questions it never saw. Passes when every answer starts with the phrase
 and stops by itself (finish reason "stop": the learned `<|im_end|>`).
 
-Too slow for the test suite on a 2-core CPU (about 6 minutes: ~30 s a step of 10 examples), so
-it lives here. Run it with the commands users run:
+tests/finetune/test_smollm2_style.py checks the same in-process; this runs it through the
+commands users run (`llama3 finetune`, then `llama3 generate --chat --adapter`), about 30 s of
+training at the default 12 steps on 2 CPU cores:
 
     python bench/finetune_style.py [--steps 12] [--quantize int4|none]
 """
