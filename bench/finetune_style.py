@@ -1,6 +1,6 @@
 """The learning made visible: a short QLoRA fine-tune of the real SmolLM2-135M-Instruct on 30
 chat examples that all answer in one fixed style ("Ahoy matey! ... be a fine thing."), then
-greedy `llama3 chat` on questions it never saw. Passes when every answer starts with the phrase
+greedy chat (`llama3 generate --chat`) on questions it never saw. Passes when every answer starts with the phrase
 and stops by itself (finish reason "stop": the learned `<|im_end|>`).
 
 tests/finetune/test_smollm2_style.py checks the same in-process; this runs it through the

@@ -163,3 +163,26 @@ def test_merge_to_hf_gives_the_adapters_logits_in_transformers(tiny, tmp_path, c
     assert main([*argv, "--to", "gguf", "--dtype", "f32"]) == 0
     llm = Llama.load(gguf, quantize="none", max_seq_len=64)
     torch.testing.assert_close(llm.model(TOKENS), want, atol=1e-4, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    from llama3.finetune import loss_sum
+    from llama3.finetune.data import pad_batch
+    from llama3.lora import trainable_parameters
+
+    lm = load_tiny(tiny.path("3.1", "hf"))
+    torch.manual_seed(0)
+    for lora in attach(lm.model, LoRAConfig(r=4, alpha=8, dropout=0.2)).values():
+        torch.nn.init.normal_(lora.B, 0.0, 0.05)
+    r = Renderer(lm.tokenizer, chat_formatter(lm.tokenizer))
+    b = pad_batch([r.example(rec, i) for i, rec in enumerate(chat_records(3))])
+    lm.model.train()  # dropout on: the recomputation must replay the same masks
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        s, n = loss_sum(lm.model, b.tokens, b.labels, checkpointing=checkpointing)
+        (s / n).backward()
+        grads.append([p.grad.clone() for p in trainable_parameters(lm.model)])
+        lm.model.zero_grad(set_to_none=True)
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)
