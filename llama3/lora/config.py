@@ -52,6 +52,8 @@ _UNSUPPORTED = {
     "use_qalora": (False, None),
     "alora_invocation_tokens": (None, []),
 }
+#: PEFT inits that rewrite the base model's weights (the adapter needs that modified base)
+_BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda", "eva")
 
 
 def parse_targets(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -181,6 +183,13 @@ class LoRAConfig:
         for key, defaults in _UNSUPPORTED.items():
             if key in cfg and cfg[key] not in defaults:
                 raise bad(f"{key}={cfg[key]!r} is not supported", f"train without {key}")
+        init = cfg.get("init_lora_weights", True)
+        if isinstance(init, str) and init.split("_")[0].lower() in _BASE_CHANGING_INITS:
+            raise bad(
+                f"init_lora_weights={init!r} changes the base weights themselves",
+                "convert it to a plain LoRA adapter with PEFT first "
+                "(save_pretrained(..., path_initial_model_for_weight_conversion=...))",
+            )
         tm = cfg.get("target_modules")
         regex, targets = None, ("wq", "wk", "wv", "wo")
         if isinstance(tm, str) and tm != "all-linear":

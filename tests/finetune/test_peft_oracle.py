@@ -160,3 +160,20 @@ def test_bad_adapters_are_one_clear_error(tiny, tmp_path, capsys):
     assert "self_attn.v_proj" in err and "trained on another model" in err
     assert main(["finetune", "--model", path, "--data", "x", "--out", "y", "--target", "qq"]) == 2
     assert "unknown LoRA target 'qq'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, message",
+    [
+        ({"use_dora": True}, "use_dora=True is not supported"),
+        ({"init_lora_weights": "pissa"}, "changes the base weights"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"target_modules": ["lm_head"]}, "unknown LoRA target 'lm_head'"),
+        ({"peft_type": "IA3"}, "peft_type is 'IA3'"),
+    ],
+)
+def test_adapter_features_we_do_not_run_are_refused(field, message):
+    from llama3.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match=message):
+        LoRAConfig.from_peft({"r": 4, "target_modules": ["q_proj"], **field}, "adapter_config.json")
