@@ -33,7 +33,7 @@ from ..lora import (
     trainable_parameters,
 )
 from ..model.transformer import Transformer
-from .data import Batch, Example, batches, epoch_order
+from .data import Batch, Example, batches, epoch_order, pack_rows
 from .forward import loss_sum
 
 STATE = "trainer_state.pt"
@@ -128,10 +128,14 @@ class Trainer:
     def _total_steps(self) -> int:
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
-        return sum(
-            math.ceil(len(self._epoch_batches(e)) / self.cfg.grad_accum)
-            for e in range(self.cfg.epochs)
-        )
+        total = 0
+        for e in range(self.cfg.epochs):
+            n = len(self.train)
+            if self.cfg.packing:  # the row count depends on the epoch's order
+                order = epoch_order(n, self.cfg.seed, e)
+                n = len(pack_rows([self.train[i] for i in order], self.cfg.max_seq_len))
+            total += math.ceil(math.ceil(n / self.cfg.batch_size) / self.cfg.grad_accum)
+        return total
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -246,8 +250,10 @@ class Trainer:
         return self.out
 
     def _on_sigint(self, signum, frame) -> None:
+        if self._stop:  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt
         self._stop = True
-        self.log("interrupted: saving a checkpoint after this step ...")
+        self.log("interrupted: saving a checkpoint after this step (Ctrl-C again to quit now)")
 
     def _loop(self) -> None:
         cfg = self.cfg
