@@ -186,3 +186,31 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
         lm.model.zero_grad(set_to_none=True)
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)
+
+
+def test_frozen_quantized_layers_give_the_input_gradient():
+    from llama3.quant.int4 import Int4Linear
+    from llama3.quant.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    w = torch.randn(96, 64)
+    for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w, 32)):
+        for rows in (3, 80):  # the kernels' few-row path and the prompt path
+            x = torch.randn(rows, 64, requires_grad=True)
+            g = torch.randn(rows, 96)
+            y = layer(x)
+            y.backward(g)
+            with torch.no_grad():
+                assert torch.equal(y, layer(x))  # the forward is the inference product
+            torch.testing.assert_close(x.grad, g @ layer.dequantize(), atol=1e-5, rtol=1e-5)
+
+
+def test_target_names_in_every_spelling():
+    from llama3.lora import parse_targets
+
+    meta = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+    assert parse_targets("q,k,v,o,gate,down,up") == meta
+    assert parse_targets("q_proj,k_proj,v_proj,o_proj,gate_proj,down_proj,up_proj") == meta
+    assert parse_targets(["w3", "wq", "w1", "wk", "wv", "wo", "w2"]) == meta
+    assert parse_targets("all-linear") == meta
+    assert parse_targets("gate_proj,q") == ("wq", "w1")
