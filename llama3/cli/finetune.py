@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     t.add_argument("--max-grad-norm", type=float, default=1.0, help="clip (0 = off; default 1)")
     t.add_argument("--batch-size", type=int, default=4, help="sequences per micro-batch")
+    t.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="micro-batches of up to N padded tokens instead of --batch-size sequences",
+    )
     t.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     t.add_argument("--max-seq-len", type=int, default=1024, help="tokens per example at most")
     t.add_argument("--seed", type=int, default=0, help="LoRA init, data order and dropout seed")
@@ -90,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
         grad_accum=args.grad_accum,
         max_seq_len=args.max_seq_len,
         seed=args.seed,

@@ -254,18 +254,39 @@ def packed_batch(rows: Sequence[Sequence[Example]]) -> Batch:
     return Batch(tokens, labels, positions, segments, n_tokens=n)
 
 
+def groups(items: Sequence, lengths: Sequence[int], batch_size: int, batch_tokens: int | None):
+    """`items` in order, cut into runs of `batch_size` (sequences), or with `batch_tokens` into
+    runs whose padded size (rows x longest row) stays within it (at least one row each)."""
+    if batch_tokens is None:
+        return [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    out: list[list] = []
+    longest = 0
+    for item, n in zip(items, lengths):
+        if out and max(longest, n) * (len(out[-1]) + 1) <= batch_tokens:
+            out[-1].append(item)
+            longest = max(longest, n)
+        else:
+            out.append([item])
+            longest = n
+    return out
+
+
 def batches(
     examples: Sequence[Example],
     batch_size: int,
     *,
     packing: bool = False,
     max_seq_len: int = 2048,
+    batch_tokens: int | None = None,
 ) -> list[Batch]:
-    """The batches of one pass over `examples`, in their order."""
+    """The batches of one pass over `examples`, in their order: `batch_size` sequences each, or
+    with `batch_tokens` as many as fit in that many (padded) tokens."""
     if packing:
         rows = pack_rows(examples, max_seq_len)
-        return [packed_batch(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
-    return [pad_batch(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+        lengths = [sum(len(e.ids) for e in row) for row in rows]
+        return [packed_batch(g) for g in groups(rows, lengths, batch_size, batch_tokens)]
+    lengths = [len(e.ids) for e in examples]
+    return [pad_batch(g) for g in groups(examples, lengths, batch_size, batch_tokens)]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

@@ -33,7 +33,7 @@ from ..lora import (
     trainable_parameters,
 )
 from ..model.transformer import Transformer
-from .data import Batch, Example, batches, epoch_order, pack_rows
+from .data import Batch, Example, batches, epoch_order, groups, pack_rows
 from .forward import loss_sum
 
 STATE = "trainer_state.pt"
@@ -55,6 +55,8 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 4
+    #: micro-batches of at most this many (padded) tokens instead of `batch_size` sequences
+    batch_tokens: int | None = None
     grad_accum: int = 1
     max_seq_len: int = 1024
     seed: int = 0
@@ -70,7 +72,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "epochs", "max_seq_len"):
             if getattr(self, name) < 1:
-                raise InvalidRequestError(f"--{name.replace('_', '-')} must be 1 or more", "")
+                flag = f"--{name.replace('_', '-')}"
+                raise InvalidRequestError(f"{flag} must be 1 or more", f"pass {flag} 1 or more")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise InvalidRequestError("--batch-tokens must be 1 or more", "--batch-tokens 4096")
         if self.max_steps is not None and self.max_steps < 1:
             raise InvalidRequestError("--max-steps must be 1 or more", "leave it out for epochs")
         if not self.lr > 0:
@@ -123,18 +128,23 @@ class Trainer:
             self.cfg.batch_size,
             packing=self.cfg.packing,
             max_seq_len=self.cfg.max_seq_len,
+            batch_tokens=self.cfg.batch_tokens,
         )
 
     def _total_steps(self) -> int:
         if self.cfg.max_steps is not None:
             return self.cfg.max_steps
-        total = 0
-        for e in range(self.cfg.epochs):
-            n = len(self.train)
-            if self.cfg.packing:  # the row count depends on the epoch's order
-                order = epoch_order(n, self.cfg.seed, e)
-                n = len(pack_rows([self.train[i] for i in order], self.cfg.max_seq_len))
-            total += math.ceil(math.ceil(n / self.cfg.batch_size) / self.cfg.grad_accum)
+        total, cfg = 0, self.cfg
+        for e in range(cfg.epochs):
+            exs = self.train
+            if cfg.packing or cfg.batch_tokens:  # the grouping depends on the epoch's order
+                exs = [self.train[i] for i in epoch_order(len(exs), cfg.seed, e)]
+            items: list = list(exs)
+            if cfg.packing:
+                items = pack_rows(exs, cfg.max_seq_len)
+            lengths = [sum(len(x.ids) for x in r) if cfg.packing else len(r.ids) for r in items]
+            n = len(groups(items, lengths, cfg.batch_size, cfg.batch_tokens))
+            total += math.ceil(n / cfg.grad_accum)
         return total
 
     # ---- checkpoints ----------------------------------------------------------------------------

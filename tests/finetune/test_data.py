@@ -131,3 +131,16 @@ def test_bad_data_is_one_error_line_from_the_cli(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "line 2: invalid JSON" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+def test_batch_tokens_bounds_each_padded_micro_batch():
+    from llama3.finetune import batches
+    from llama3.finetune.data import Example
+
+    exs = [Example(list(range(5 + i % 7)), list(range(5 + i % 7)), i) for i in range(23)]
+    for packing in (False, True):
+        got = batches(exs, 2, packing=packing, max_seq_len=20, batch_tokens=30)
+        assert all(b.tokens.numel() <= 30 for b in got)
+        assert sum(b.n_tokens for b in got) == sum(len(e.ids) for e in exs)  # none lost
+    by_rows = batches(exs, 2)
+    assert [b.tokens.shape[0] for b in by_rows] == [2] * 11 + [1]
