@@ -26,6 +26,8 @@ VERBS = {
     "serve": "OpenAI-compatible HTTP server with continuous batching and a browser chat page",
     "bench": "load/prefill/decode speed and memory, side by side with llama.cpp and transformers",
     "convert": "convert and re-shard checkpoints between Meta, Hugging Face and GGUF formats",
+    "finetune": "LoRA / QLoRA fine-tuning on JSONL chat data; writes a PEFT adapter",
+    "merge": "fold a LoRA adapter into the model's weights and write a new checkpoint",
     "aime-worker": "serve the model as a worker of an AIME API Server (continuous batching)",
 }
 

@@ -37,6 +37,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar while loading")
 
 
+def add_adapter_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapter",
+        help="a LoRA adapter folder (llama3 finetune --out, or PEFT's save_pretrained) run "
+        "unmerged over the model",
+    )
+
+
 def add_compile_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile",
@@ -74,6 +82,7 @@ def load_llama(args: argparse.Namespace, max_batch_size: int = 1) -> Llama:
         progress=not quiet,
         quantize=getattr(args, "quantize", None),
         tensor_parallel=current(),  # set under torchrun (`parallel.launch`)
+        adapter=getattr(args, "adapter", None),
     )
     if not quiet and llm.loaded is not None and os.environ.get("RANK", "0") == "0":
         print(f"weights: {llm.loaded.weights_note}", file=sys.stderr, flush=True)

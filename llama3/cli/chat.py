@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from ..errors import InvalidRequestError, Llama3Error
 from ..generation.params import SamplingParams
 from .args import (
+    add_adapter_argument,
     add_compile_argument,
     add_model_arguments,
     add_sampling_arguments,
@@ -58,6 +59,7 @@ Ctrl-C while an answer streams stops it and keeps the partial answer."""
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
+    add_adapter_argument(p)
     add_compile_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--system", help="system prompt")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidRequestError
 from ..generation.params import GenerationResult, SamplingParams
 from .args import (
+    add_adapter_argument,
     add_compile_argument,
     add_model_arguments,
     add_sampling_arguments,
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts-file", help="a file with one prompt per line")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
     add_model_arguments(p)
+    add_adapter_argument(p)
     add_compile_argument(p)
     add_sampling_arguments(p)
     p.add_argument(

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import InvalidRequestError
 from ..parallel import current
 from ..quant import LOAD_CHOICES, SCHEMES_HELP
+from .args import add_adapter_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float32, bfloat16, float16")
     p.add_argument("--max-tokens", type=int, help="score only the first N tokens of the text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_adapter_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         max_seq_len=window,
         quantize=args.quantize,
         tensor_parallel=current(),
+        adapter=args.adapter,
     )
     ref = None
     if args.kl_divergence_base:

@@ -57,12 +57,16 @@ def convert(
     options: ConvertOptions,
     *,
     on_tensor: Callable[[str], None] | None = None,
+    edit: Callable[[Source], None] | None = None,
 ) -> ConvertResult:
     """Convert `src` as `options` say; `on_tensor("FILE:TENSOR")` is called after each tensor is
-    written (FILE: the output file it went to)."""
+    written (FILE: the output file it went to). `edit(source)` may replace tensor sources before
+    anything is written (`llama3 merge` adds an adapter's updates this way)."""
     t0 = time.perf_counter()
     check_new_output(options.out)  # before reading anything
     source = open_source(src)
+    if edit is not None:
+        edit(source)
     if options.to == "meta":  # a shard count or params.json that can't work fails here, early
         from .meta_writer import check_meta
 

@@ -135,6 +135,7 @@ class Llama:
         quantize: str | None = None,
         tensor_parallel: TensorParallel | None = None,
         auto_quantize: bool = True,
+        adapter: str | os.PathLike | None = None,
     ) -> Llama:
         """Load a Meta directory, a Hugging Face directory, a GGUF file or a `llama3 quantize`
         directory (which loads quantized by itself).
@@ -148,6 +149,10 @@ class Llama:
         Device defaults to CUDA when available, else CPU; dtype to bfloat16 on CUDA (float16 without
         bf16 support) and float32 on CPU. `max_seq_len` defaults to the model's trained context,
         capped to what the KV cache for `max_batch_size` sequences fits in free memory.
+
+        `adapter`: a LoRA adapter folder (PEFT format: `llama3 finetune --out`, or PEFT/TRL's
+        `save_pretrained`) run unmerged over the weights as loaded, float or quantized; the base
+        is not changed (`llama3 merge` writes merged weights).
         """
         if max_batch_size < 1:
             raise InvalidRequestError(
@@ -167,6 +172,11 @@ class Llama:
             tensor_parallel=tensor_parallel,
             auto_quantize=auto_quantize,
         )
+        if adapter is not None:
+            from ..lora import load_adapter
+
+            load_adapter(lm.model, adapter)
+            lm.weights_note += f"; LoRA adapter {adapter} (unmerged)"
         if max_seq_len is None:
             max_seq_len = default_max_seq_len(
                 lm.checkpoint.args, max_batch_size, lm.dtype, lm.device

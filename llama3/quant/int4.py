@@ -26,6 +26,7 @@ from torch import nn
 from .. import kernels
 from ..errors import CheckpointError, InvalidRequestError
 from . import bf16_rows
+from .backward import frozen_product, needs_backward
 from .gguf_blocks import _as_flat_tensor, _f16_field, _q4_k_scales_mins, block_layout, type_name
 
 GROUPS = (32, 64, 128)
@@ -217,7 +218,10 @@ class Int4Linear(bf16_rows.PromptProducts, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> (..., out). For inference: weights wider than one slab are multiplied
-        into slices of a preallocated output (`mm(out=)`), which autograd refuses."""
+        into slices of a preallocated output (`mm(out=)`), which autograd refuses: under
+        autograd (QLoRA) the product runs as a frozen layer with an input gradient."""
+        if needs_backward(x):
+            return frozen_product(self, x)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype != torch.float32:

@@ -32,6 +32,7 @@ from torch import nn
 from .. import kernels
 from ..kernels import gpu_int8
 from . import bf16_rows
+from .backward import frozen_product, needs_backward
 
 #: fbgemm's grid for an input pinned to [-1, 1] at 7 bits: step 2/127, zero point 64. The high
 #: digit keeps to +-63 steps (-64 would lie below -1 and move the call's range, hence its grid).
@@ -143,6 +144,8 @@ class Int8Linear(bf16_rows.PromptProducts, nn.Module):
         return cls(*quantize_rows(weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if needs_backward(x):  # fine-tuning over frozen int8 weights (QLoRA)
+            return frozen_product(self, x)
         if self._key is None and self.codes.device.type != "cpu":
             return dequantized_product(x, self.codes, self.scale)
         shape = x.shape
