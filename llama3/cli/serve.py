@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=LOAD_CHOICES,
         help=SCHEMES_HELP,
     )
+    g.add_argument(
+        "--adapter",
+        help="a LoRA adapter folder (llama3 finetune --out, or PEFT's save_pretrained) served "
+        "unmerged over the model",
+    )
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=int, default=16, help="requests in a batch (default 16)")
     g.add_argument(
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,
+        adapter=args.adapter,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=max(args.max_num_batched_tokens, args.max_num_seqs),
         max_model_len=args.max_model_len,

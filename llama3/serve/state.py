@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..engine.async_engine import AsyncLLMEngine
 from ..engine.engine import EngineStats, LLMEngine, default_engine_config
-from ..errors import Llama3Error
+from ..errors import ConfigError, Llama3Error
 from ..tokenizer.base import BaseTokenizer
 from ..tokenizer.chat_format import ChatFormatter
 from .errors import APIError
@@ -40,6 +40,8 @@ class ServerConfig:
     dtype: str | None = None
     #: "int8": projections on int8 weights (CPU)
     quantize: str | None = None
+    #: a LoRA adapter folder (PEFT format) run unmerged over the weights
+    adapter: str | None = None
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512
     #: longest prompt + generation; default: the trained context, capped by the KV cache
@@ -105,6 +107,16 @@ class ServerState:
             quantize=c.quantize,
             tensor_parallel=current(),  # rank 0 of a torchrun job: its shard, driving the rest
         )
+        if c.adapter is not None:
+            if current() is not None:
+                raise ConfigError(
+                    "--adapter is not supported under torchrun yet",
+                    "merge it first (llama3 merge) and serve the merged weights",
+                )
+            from ..lora import load_adapter
+
+            load_adapter(lm.model, c.adapter)
+            lm.weights_note += f"; LoRA adapter {c.adapter} (unmerged)"
         cfg = default_engine_config(
             lm.model,
             max_num_seqs=c.max_num_seqs,
