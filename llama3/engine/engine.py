@@ -25,7 +25,7 @@ from ..utils.device import available_memory
 from .block_manager import BlockManager
 from .config import EngineConfig, cdiv, num_blocks_for_memory
 from .runner import ModelRunner
-from .scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import Sequence, SequenceStatus
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,7 @@ class LLMEngine:
         blamed = 0
         for s in out.scheduled:
             try:
-                self.runner.run(
-                    SchedulerOutput([ScheduledSeq(s.seq, s.num_new_tokens, s.start, s.sample)])
-                )
+                self.runner.run(SchedulerOutput([s]))
             except Exception as e:
                 self._fail(s.seq, e)
                 blamed += 1

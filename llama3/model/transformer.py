@@ -306,13 +306,9 @@ class Transformer(nn.Module):
         else:
             cos, sin = rope_cos_sin(self.inv_freq(tokens.device), positions)
             h = self._embed(tokens)
-            if isinstance(cache, PagedBatch):
-                # A serving step's rows are whatever was batched with whom: its prompt rows keep
-                # the kernels a lone request takes, so batching never changes a token.
-                with bf16_rows.batch_invariant():
-                    for layer in self.layers:
-                        h = layer(h, cos, sin, start_pos, cache)
-            else:
+            # A serving step's rows are whatever was batched with whom: its prompt rows keep
+            # the kernels a lone request takes, so batching never changes a token.
+            with bf16_rows.batch_invariant(isinstance(cache, PagedBatch)):
                 for layer in self.layers:
                     h = layer(h, cos, sin, start_pos, cache)
         if logits_indices is not None:

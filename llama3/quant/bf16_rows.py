@@ -80,9 +80,8 @@ def attention_applies(q: torch.Tensor, cache: object) -> bool:
 
     if isinstance(cache, PagedBatch) and cache.decodes:
         return False
-    return (
-        not torch.is_grad_enabled() and not _batch_invariant and _amx()
-    )  # never while fine-tuning
+    # never while fine-tuning, nor inside a serving step
+    return not torch.is_grad_enabled() and not _batch_invariant and _amx()
 
 
 def product(
