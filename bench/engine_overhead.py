@@ -23,22 +23,24 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_bench import make_prompts  # noqa: E402
+
 
 def run(llm, n: int, temperature: float, new_tokens: int, seed: int) -> dict:
     from llama3 import SamplingParams
     from llama3.engine.engine import LLMEngine, default_engine_config
     from llama3.tokenizer import chat_formatter
 
-    cfg = default_engine_config(llm.model, max_num_seqs=max(n, 1), kv_cache_bytes=512 << 20)
+    # the default pool (a share of free memory): all n sequences run at once, none preempted
+    cfg = default_engine_config(llm.model, max_num_seqs=max(n, 1))
     engine = LLMEngine(llm.model, llm.tokenizer, cfg)
     fmt = chat_formatter(llm.tokenizer)
     warm = fmt.encode_dialog_prompt([{"role": "user", "content": "Hi"}])
     engine.generate([warm], SamplingParams(temperature=temperature, max_tokens=4))  # lazy inits
-    rng = random.Random(seed)
-    words = "river stone lantern quiet market winter garden harbor silver bread mountain".split()
-    for i in range(n):
-        notes = " ".join(rng.choice(words) for _ in range(75))
-        msgs = [{"role": "user", "content": f"[{i}] Notes: {notes}. Write a long story."}]
+    # serve_bench's prompts (--prompt-words 75: about 100 tokens each), so the two line up
+    for i, prompt in enumerate(make_prompts(n, random.Random(seed), 75)):
+        msgs = [{"role": "user", "content": prompt}]
         sp = SamplingParams(
             temperature=temperature, max_tokens=new_tokens, ignore_eos=True, seed=seed + i
         )

@@ -127,10 +127,23 @@ def run_world(model: Path, world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cores // world)), PYTHONPATH=str(REPO))
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-            "--master-port", str(29600 + world), __file__, "--rank-job", str(model), out,
-            "--prompt-len", str(args.prompt_len), "--decode", str(args.decode),
-            "--repeats", str(args.repeats),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(world),
+            "--master-port",
+            str(29600 + world),
+            __file__,
+            "--rank-job",
+            str(model),
+            out,
+            "--prompt-len",
+            str(args.prompt_len),
+            "--decode",
+            str(args.decode),
+            "--repeats",
+            str(args.repeats),
         ]
         subprocess.run(cmd, check=True, env=env)
         return [json.loads(p.read_text()) for p in sorted(Path(out).glob("rank*.json"))]
@@ -159,13 +172,18 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or write_model(Path(tmp), args.dim, args.layers, args.vocab)
-        print(f"# model {model}  dim {args.dim} layers {args.layers} vocab {args.vocab}; "
-              f"{os.cpu_count()} cores, {isa()}", flush=True)
+        print(
+            f"# model {model}  dim {args.dim} layers {args.layers} vocab {args.vocab}; "
+            f"{os.cpu_count()} cores, {isa()}",
+            flush=True,
+        )
         rows = {int(w): run_world(model, int(w), args) for w in args.worlds.split(",")}
     base = rows[min(rows)][0]
-    print("| ranks | threads/rank | prefill tok/s | decode tok/s | decode vs 1 rank | params/rank "
-          "| private after load/rank (GiB) | mapped file pages/rank (GiB) | peak RSS/rank (GiB) "
-          "| all-reduce [1,dim] (us) |")
+    print(
+        "| ranks | threads/rank | prefill tok/s | decode tok/s | decode vs 1 rank | params/rank "
+        "| private after load/rank (GiB) | mapped file pages/rank (GiB) | peak RSS/rank (GiB) "
+        "| all-reduce [1,dim] (us) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for w, ranks in rows.items():
         r0 = ranks[0]
@@ -174,9 +192,11 @@ def main() -> None:
             for k in ("peak_rss", "anon_loaded", "file_loaded")
         )
         ar = f"{r0['allreduce_us']:.0f}" if r0["allreduce_us"] is not None else "-"
-        print(f"| {w} | {r0['threads']} | {r0['prefill_tok_s']:.0f} | {r0['decode_tok_s']:.1f} "
-              f"| {r0['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r0['params_local'] / 1e6:.0f} M "
-              f"| {anon} | {mapped} | {rss} | {ar} |")
+        print(
+            f"| {w} | {r0['threads']} | {r0['prefill_tok_s']:.0f} | {r0['decode_tok_s']:.1f} "
+            f"| {r0['decode_tok_s'] / base['decode_tok_s']:.2f}x | {r0['params_local'] / 1e6:.0f} M "
+            f"| {anon} | {mapped} | {rss} | {ar} |"
+        )
 
 
 if __name__ == "__main__":
