@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import InvalidRequestError
+from ..structured.spec import GuidedDecoding
 
 FinishReason = Literal["stop", "length"]
 
@@ -44,6 +45,8 @@ class SamplingParams:
     logprobs: int | None = None
     #: also return the prompt tokens' logprobs (Meta's echo)
     echo: bool = False
+    #: constrain the output to a JSON schema / regex / grammar (llama3.structured)
+    guided: GuidedDecoding | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
