@@ -1,0 +1,43 @@
+"""A tiny Llama 3 checkpoint built to answer one fixed text, whatever the prompt.
+
+Every layer's output projections are zero, so the residual stream is the token's embedding and
+the model is a bigram table: the next token depends only on the current one. The chain
+`after -> answer[0] -> ... -> answer[-1] -> end` gets orthogonal embeddings and an lm_head that
+points each link at the next, so greedy decoding (and any temperature up to ~1, the margin is
+large) continues a prompt ending in `after` with exactly `answer` and then `end`. Used where a
+test needs a real model whose output is known: tool calls, Llama Guard verdicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import factory
+import torch
+
+MARGIN = 60.0  # logit of the forced token above every other one
+
+
+def forced_answer_model(out: Path, after: int, answer: list[int], end: int, variant="3.1") -> Path:
+    chain = [after, *answer]
+    if len(set(chain)) != len(chain) or end in chain:
+        raise ValueError(f"a bigram model needs distinct tokens in the chain, got {chain} -> {end}")
+    if len(chain) > factory.DIM:
+        raise ValueError(f"at most {factory.DIM} chain tokens, got {len(chain)}")
+    model = factory.hf_model(variant)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        emb = model.model.embed_tokens.weight
+        head = model.lm_head.weight
+        basis = torch.eye(factory.DIM)
+        for i, tok in enumerate(chain):
+            # RMS 1, so the final norm leaves it as it is and the forced logit is MARGIN
+            emb[tok] = basis[i] * factory.DIM**0.5
+        nxt = [*answer, end]
+        for i, tok in enumerate(nxt):
+            head[tok] = basis[i] * MARGIN
+        # other rows of the head stay random (~N(0, 0.08)): their logits are O(1) on the chain
+    return factory.write_hf(model, out, variant)
