@@ -28,6 +28,7 @@ VERBS = {
     "convert": "convert and re-shard checkpoints between Meta, Hugging Face and GGUF formats",
     "finetune": "LoRA / QLoRA fine-tuning on JSONL chat data; writes a PEFT adapter",
     "merge": "fold a LoRA adapter into the model's weights and write a new checkpoint",
+    "guard": "classify a conversation with a Llama Guard 2/3 safety model",
     "aime-worker": "serve the model as a worker of an AIME API Server (continuous batching)",
 }
 

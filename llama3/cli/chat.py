@@ -27,9 +27,11 @@ from .args import (
     load_llama,
     sampling_params,
 )
+from .guard import add_guard_arguments, guard_settings
 
 if TYPE_CHECKING:
     from ..generation.llama import Llama
+    from ..guard import Guard, GuardSettings
 
 DIM, RESET = "\033[2m", "\033[0m"
 ROLES = ("system", "user", "assistant", "tool", "ipython")
@@ -63,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_compile_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--system", help="system prompt")
+    add_guard_arguments(p, streaming=False)
 
 
 @dataclasses.dataclass
@@ -86,8 +89,12 @@ class ChatSession:
         err: TextIO,
         *,
         decorate: bool,
+        guard: Guard | None = None,
+        guard_settings: GuardSettings | None = None,
     ):
         self.llm, self.params, self.out, self.err, self.decorate = llm, params, out, err, decorate
+        #: with a guard, unsafe user turns are refused and unsafe answers replaced
+        self.guard, self.guard_settings = guard, guard_settings
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.stats = Stats()
 
@@ -216,8 +223,30 @@ class ChatSession:
             )
         return prompt
 
+    def _flagged(self, stage: str) -> bool:
+        """Whether the guard (if it checks `stage`) calls the conversation's last turn unsafe; a
+        guard that fails (a conversation too long for it) counts as unsafe: fail closed."""
+        cfg = self.guard_settings
+        if self.guard is None or cfg is None or stage not in cfg.stages:
+            return False
+        try:
+            v = self.guard.classify(self.messages, "User" if stage == "input" else "Agent")
+        except Llama3Error as e:
+            self.note(f"[safety filter failed, treated as unsafe: {e}]")
+            return True
+        if not v.safe:
+            self.note(f"[safety filter: {v.summary()}]")
+        return not v.safe
+
     def turn(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})
+        if self._flagged("input"):
+            self.messages.pop()  # refused: the turn is not kept
+            self.out.write((self.guard_settings.message if self.guard_settings else "") + "\n")
+            self.out.flush()
+            return
+        # with an output check, the answer is shown only once the guard has judged it
+        hold = self.guard_settings is not None and self.guard_settings.checks_output
         reserve = min(self.params.max_tokens or 512, self.llm.max_seq_len // 4)
         try:
             prompt = self.fit_prompt(reserve)
@@ -232,13 +261,19 @@ class ChatSession:
                 n += 1
                 if ev.text:
                     pieces.append(ev.text)
-                    self.out.write(ev.text)
-                    self.out.flush()
+                    if not hold:
+                        self.out.write(ev.text)
+                        self.out.flush()
         except KeyboardInterrupt:
             stream.close()
             interrupted = True
         secs = time.perf_counter() - t0
         self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        if hold:
+            if self._flagged("output"):
+                assert self.guard_settings is not None
+                self.messages[-1]["content"] = self.guard_settings.message
+            self.out.write(self.messages[-1]["content"])
         self.out.write(" [interrupted]\n" if interrupted else "\n")
         self.out.flush()
         s = self.stats
@@ -253,8 +288,19 @@ class ChatSession:
 def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     params = sampling_params(args)  # checked before the load: a bad flag fails at once
+    settings = guard_settings(args)  # a bad --guard* flag fails before anything loads
     llm = load_llama(args)
-    session = ChatSession(llm, params, args.system, sys.stdout, sys.stderr, decorate=interactive)
+    guard = settings.load() if settings is not None else None
+    session = ChatSession(
+        llm,
+        params,
+        args.system,
+        sys.stdout,
+        sys.stderr,
+        decorate=interactive,
+        guard=guard,
+        guard_settings=settings,
+    )
     if interactive:
         name = llm.loaded.checkpoint.path.name if llm.loaded else "model"
         session.note(

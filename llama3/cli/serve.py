@@ -17,6 +17,7 @@ import sys
 from ..errors import InvalidRequestError, Llama3Error
 from ..quant import LOAD_CHOICES, SCHEMES_HELP
 from ..registry import resolve_model
+from .guard import add_guard_arguments, guard_settings
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -89,6 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-body-size", type=parse_size, default="4MiB", help="larger bodies get 413 (4MiB)"
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no per-request log lines")
+    add_guard_arguments(p)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -156,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout or None,
         allowed_origins=tuple(args.allowed_origin),
         max_body_bytes=args.max_body_size,
+        guard=guard_settings(args),
     )
     path = resolve_model(args.model)
     _logging(args.quiet)

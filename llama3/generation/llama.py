@@ -26,6 +26,7 @@ from .generate import BatchGeneration, generate
 from .params import GenerationResult, SamplingParams, TokenEvent
 
 if TYPE_CHECKING:
+    from ..guard.verdict import Verdict
     from ..model.compiled import CompiledDecoder
     from ..parallel.group import TensorParallel
     from ..tokenizer.chat_format import ChatFormatter
@@ -298,6 +299,22 @@ class Llama:
         params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
     ) -> Iterator[TokenEvent]:
         return self.stream([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
+
+    def guard(
+        self,
+        conversation: Dialog,
+        role: str | None = None,
+        *,
+        version: int | None = None,
+        exclude: Sequence[str] = (),
+        add: Sequence[str | tuple[str, str]] = (),
+    ) -> Verdict:
+        """Classify `conversation` with this model as a Llama Guard model: role "User" judges
+        the last user turn, "Agent" the last answer (default: the last turn's). See llama3.guard."""
+        from ..guard import Guard
+
+        g = Guard(self, version=version, exclude=exclude, add=add)
+        return g.classify(conversation, role)  # type: ignore[arg-type]
 
     # ---- Meta's API ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -61,11 +61,12 @@ class GuardSettings:
         return "output" in self.stages
 
     def load(self):  # -> Guard
+        from ..registry import resolve_model
         from .guard import Guard
 
         exclude, add = parse_spec(self.categories)
         return Guard.load(
-            self.model,
+            resolve_model(self.model),
             version=self.version,
             exclude=exclude,
             add=add,

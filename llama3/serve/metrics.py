@@ -49,6 +49,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # the safety filter (--guard): one count per decision, per flagged category, and its time
+        self.guard_decisions = Counter(
+            "llama3_guard_decisions", "Guard decisions", ["stage", "verdict"], registry=r
+        )
+        self.guard_categories = Counter(
+            "llama3_guard_unsafe_categories",
+            "Categories the guard flagged",
+            ["stage", "category"],
+            registry=r,
+        )
+        self.guard_seconds = Histogram(
+            "llama3_guard_seconds",
+            "Time the guard took per decision",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._stats = stats
 
         def gauge(name: str, doc: str, read: Callable[[EngineStats], float]) -> None:

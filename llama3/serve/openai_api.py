@@ -120,13 +120,27 @@ def _stop_ids(state: ServerState) -> set[int]:
 # ---- chat ------------------------------------------------------------------------------------------
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    state, _ = _ctx(request)
+    state, metrics = _ctx(request)
     engine = state.require_engine()
     state.check_model(body.model)
     body.check()
     assert state.tokenizer is not None
-    prompt = state.formatter.encode_dialog_prompt(_dialog(body.messages))
+    dialog = _dialog(body.messages)
+    prompt = state.formatter.encode_dialog_prompt(dialog)
     check_room(len(prompt), body.token_limit, engine.max_model_len)
+    if state.guard is not None:  # the user's turn is judged before anything is queued
+        env = Envelope(_new_id("chatcmpl"), int(time.time()), state.model_name, state.fingerprint)
+        refusal = await state.guard.screen_input(
+            dialog,
+            metrics,
+            env,
+            n=body.n,
+            stream=body.stream,
+            include_usage=body.include_usage,
+            prompt_tokens=len(prompt),
+        )
+        if refusal is not None:
+            return refusal
     params = [
         body.sampling_params(
             max_tokens=body.token_limit,
@@ -138,13 +152,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     ]
     run, env = _submit(request, "chatcmpl", [prompt] * body.n, params, len(prompt), body.user)
     if body.stream:
-        chunks = _chat_stream(run, body, env, state)
+        chunks = _chat_stream(run, body, env, state, dialog, metrics)
         return _event_stream(run, env, "chat.completion.chunk", body.include_usage, chunks)
-    return await _until_disconnect(request, _chat_response(run, body, env, state), run)
+    work = _chat_response(run, body, env, state, dialog, metrics)
+    return await _until_disconnect(request, work, run)
 
 
 async def _chat_response(
-    run: Run, body: ChatCompletionRequest, env: Envelope, state: ServerState
+    run: Run,
+    body: ChatCompletionRequest,
+    env: Envelope,
+    state: ServerState,
+    dialog: list[dict[str, str]],
+    metrics: Metrics,
 ) -> Response:
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
@@ -161,6 +181,9 @@ async def _chat_response(
                 finish[j] = ev.finish_reason
     finally:
         run.close()
+    if state.guard is not None:  # an unsafe answer is replaced, its logprobs dropped with it
+        for j in await state.guard.screen_answers(dialog, texts, metrics, run.id):
+            texts[j], finish[j], lps[j] = state.guard.settings.message, "content_filter", []
     choices = [
         {
             "index": j,
@@ -205,7 +228,12 @@ async def _finish_stream(
 
 
 async def _chat_stream(
-    run: Run, body: ChatCompletionRequest, env: Envelope, state: ServerState
+    run: Run,
+    body: ChatCompletionRequest,
+    env: Envelope,
+    state: ServerState,
+    dialog: list[dict[str, str]],
+    metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
@@ -217,7 +245,10 @@ async def _chat_stream(
 
     for j in range(body.n):
         yield chunk(j, {"role": "assistant", "content": ""})
-    async for j, out in run.events():
+    events = run.events()
+    if state.guard is not None:  # text goes out only once the guard has judged it
+        events = state.guard.filter_stream(run, dialog, events, metrics)
+    async for j, out in events:
         ev = out.event
         lp = None
         if _scored(ev, stops, body, body.logprobs):
@@ -235,6 +266,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     engine = state.require_engine()
     state.check_model(body.model)
     body.check()
+    if state.guard is not None:
+        from ..guard.serving import completions_refused
+
+        raise completions_refused()
     tok = state.tokenizer
     assert tok is not None
     prompts: list[list[int]] = []

@@ -15,13 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.async_engine import AsyncLLMEngine
 from ..engine.engine import EngineStats, LLMEngine, default_engine_config
 from ..errors import ConfigError, Llama3Error
+from ..guard.settings import GuardSettings
 from ..tokenizer.base import BaseTokenizer
 from ..tokenizer.chat_format import ChatFormatter
 from .errors import APIError
+
+if TYPE_CHECKING:
+    from ..guard.serving import ServerGuard
 
 log = logging.getLogger("llama3.serve")
 
@@ -58,6 +63,8 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     #: request bodies larger than this get 413
     max_body_bytes: int = 4 * MiB
+    #: the Llama Guard safety filter around chat completions; None = off
+    guard: GuardSettings | None = None
 
 
 class ServerState:
@@ -77,6 +84,7 @@ class ServerState:
         self._formatter: ChatFormatter | None = None
         self._formatter_error: Llama3Error | None = None
         self.load_error: Exception | None = None
+        self.guard: ServerGuard | None = None
 
     # ---- loading ---------------------------------------------------------------------------------
     def start_loading(
@@ -117,6 +125,11 @@ class ServerState:
 
             load_adapter(lm.model, c.adapter)
             lm.weights_note += f"; LoRA adapter {c.adapter} (unmerged)"
+        if c.guard is not None:  # its own model beside the engine's, loaded before serving
+            from ..guard.serving import ServerGuard
+
+            self.guard = ServerGuard(c.guard, c.guard.load())
+            log.info("guard: %s", self.guard.describe())
         cfg = default_engine_config(
             lm.model,
             max_num_seqs=c.max_num_seqs,
