@@ -116,9 +116,10 @@ def read_conversation(text: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..guard import Guard, parse_spec
+    from ..guard import Guard, parse_spec, select
 
-    exclude, add = parse_spec(args.guard_categories)  # a bad spec fails before the load
+    exclude, add = parse_spec(args.guard_categories)
+    select(args.guard_version or 3, exclude, add)  # a bad selection fails before the load
     if args.input in (None, "-"):
         text = sys.stdin.read()
     else:

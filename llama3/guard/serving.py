@@ -174,6 +174,21 @@ class ServerGuard:
             async for item in events:
                 yield item
             return
+        try:
+            async for item in self._held_back(run, dialog, events, metrics):
+                yield item
+        finally:  # a client that went away closes the run's own iterator too
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _held_back(
+        self,
+        run: Run,
+        dialog: Sequence[Any],
+        events: AsyncIterator[tuple[int, RequestOutput]],
+        metrics: Metrics,
+    ) -> AsyncIterator[tuple[int, RequestOutput]]:
         every = self.settings.chunk_tokens
         held: dict[int, list[RequestOutput]] = defaultdict(list)
         text: dict[int, str] = defaultdict(str)

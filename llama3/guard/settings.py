@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import InvalidRequestError
-from .categories import parse_spec
+from .categories import parse_spec, select
 
 STAGES = ("input", "output")
 DEFAULT_MESSAGE = "Sorry, I can't help with that."
@@ -50,7 +50,8 @@ class GuardSettings:
             )
         if self.chunk_tokens < 1:
             raise InvalidRequestError("--guard-chunk-tokens must be at least 1", "use 1 or more")
-        parse_spec(self.categories)  # a bad spec fails before any model loads
+        # a bad selection fails before any model loads (3's list is the longer one)
+        select(self.version or 3, *parse_spec(self.categories))
 
     @property
     def checks_input(self) -> bool:

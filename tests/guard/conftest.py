@@ -1,6 +1,11 @@
 """Tiny Llama 3 checkpoints whose answers are known (tests/forced_model.py): a chat model that
-always gives ANSWER, and Llama Guard stand-ins that always answer "unsafe\\nS2" or "safe" after
-their version's prompt ends (Guard 3: the assistant header's "\\n\\n"; Guard 2: " [/INST]")."""
+always gives ANSWER, and Llama Guard stand-ins that answer "unsafe\\nS2" or "safe".
+
+A guard stand-in is one bigram chain `]` -> `\\n\\n` -> verdict -> `<|eot_id|>`, so the same model
+answers both versions' prompts: Llama Guard 3's ends with the assistant header's `\\n\\n` (token
+271), so it answers the verdict; Llama Guard 2's ends with ` [/INST]` (last token `]`), so it
+answers `\\n\\n` then the verdict, as Guard 3 does under HF's template (the parser takes both).
+"""
 
 from __future__ import annotations
 
@@ -33,13 +38,12 @@ def forced(tmp_path_factory):
 
     def make(name: str) -> Path:
         if name not in cache:
-            after, text, variant = {
-                "chat": (HEADER_NEWLINES, ANSWER, "3.1"),
-                "guard3-unsafe": (HEADER_NEWLINES, "unsafe\nS2", "3.1"),
-                "guard3-safe": (HEADER_NEWLINES, "safe", "3.1"),
-                "guard2-unsafe": (INST_CLOSE, "unsafe\nS2", "3.0"),
+            after, answer = {
+                "chat": (HEADER_NEWLINES, _ids(ANSWER)),
+                "unsafe": (INST_CLOSE, [HEADER_NEWLINES, *_ids("unsafe\nS2")]),
+                "safe": (INST_CLOSE, [HEADER_NEWLINES, *_ids("safe")]),
             }[name]
-            cache[name] = forced_answer_model(root / name, after, _ids(text), EOT, variant)
+            cache[name] = forced_answer_model(root / name, after, answer, EOT, "3.1")
         return cache[name]
 
     return make
