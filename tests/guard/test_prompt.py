@@ -204,3 +204,13 @@ def test_bad_category_selections_are_clear_errors():
         select(2, exclude=[f"S{i}" for i in range(1, 12)])
     with pytest.raises(InvalidRequestError, match="not supported"):
         select(1)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_token_ids_equal_the_hf_tokenizer_on_the_rendered_template(hf_tok, version):
+    messages = MULTI[1:5]
+    template = HF_GUARD2_TEMPLATE if version == 2 else HF_GUARD3_TEMPLATE
+    text = hf_render(hf_tok, template, messages)
+    text = "<|begin_of_text|>" + text if version == 2 else text[1:] + "\n\n"
+    want = hf_tok(text, add_special_tokens=False)["input_ids"]
+    assert encode(Tokenizer(), version, messages, select(version)) == want
