@@ -70,8 +70,27 @@ def add_guard_arguments(p: argparse.ArgumentParser, *, streaming: bool = True) -
     g.add_argument("--guard-max-seq-len", type=int, help="the guard model's context")
 
 
+_DEFAULTS = {
+    "guard_version": None,
+    "guard_categories": None,
+    "guard_check": "input,output",
+    "guard_action": "refuse",
+    "guard_message": DEFAULT_MESSAGE,
+    "guard_chunk_tokens": 16,
+    "guard_device": None,
+    "guard_dtype": None,
+    "guard_max_seq_len": None,
+}
+
+
 def guard_settings(args: argparse.Namespace) -> GuardSettings | None:
     if not args.guard:
+        given = [k for k, v in _DEFAULTS.items() if getattr(args, k, v) != v]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise InvalidRequestError(
+                f"{flag} has no effect without a guard model", "add --guard MODEL"
+            )
         return None
     return GuardSettings(
         model=args.guard,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, Llama3Error
 from .categories import parse_spec, select
 
 STAGES = ("input", "output")
@@ -66,8 +66,12 @@ class GuardSettings:
         from .guard import Guard
 
         exclude, add = parse_spec(self.categories)
+        try:
+            path = resolve_model(self.model)
+        except Llama3Error as e:
+            raise Llama3Error(f"the guard model: {e.message}", e.hint) from None
         return Guard.load(
-            resolve_model(self.model),
+            path,
             version=self.version,
             exclude=exclude,
             add=add,

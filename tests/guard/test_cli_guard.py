@@ -69,3 +69,13 @@ def test_chat_checks_the_answer_before_showing_it(forced, monkeypatch, capsys):
     assert out == MESSAGE + "\n" and ANSWER not in out
     code, out, _ = run(monkeypatch, capsys, [*base, "--guard", str(forced("safe"))], stdin="hi\n")
     assert out == ANSWER + "\n"
+
+
+def test_guard_flags_fail_clearly(forced, monkeypatch, capsys):
+    code, _, err = run(monkeypatch, capsys, ["chat", "--guard-check", "output"])
+    assert code == 2 and "--guard-check has no effect without a guard model" in err
+    code, _, err = run(monkeypatch, capsys, ["serve", "--guard", "g", "--guard-check", "inptu"])
+    assert code == 2 and "unknown guard stage(s) inptu" in err
+    argv = ["chat", "--model", str(forced("chat")), "-q", "--guard", "/no/such/guard"]
+    code, _, err = run(monkeypatch, capsys, argv)
+    assert code == 1 and "error: the guard model: no such file" in err
