@@ -100,7 +100,7 @@ class GuideCompiler:
         what, param = _describe(guided)
         try:
             grammar = _grammar(guided)
-        except (ValueError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 - the GBNF converter raises bare Exceptions
             raise _invalid(what, str(e), param) from None
         m = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if m.is_error():
