@@ -202,3 +202,17 @@ def test_logprobs_are_the_raw_models(llm):
     echo = llm.complete([ids + r.tokens], SamplingParams(max_tokens=1, echo=True))[0]
     assert r.logprobs == pytest.approx(echo.prompt_logprobs[len(ids) :], abs=1e-4)
     assert min(r.logprobs) < -1  # digits are not what the random model favours
+
+
+def test_the_torch_mask_path_equals_the_numpy_one(llm):
+    """bfloat16 logits take the device path (what a GPU runs): same forbidden set, other rows and
+    the input untouched."""
+    tok = llm.tokenizer
+    guides = [make_guide(GuidedDecoding(json_schema=SCHEMA), tok) for _ in range(2)]
+    guides[1].accept(tok.encode("{", bos=False, eos=False)[0])
+    logits = torch.randn(3, token_vocab(tok).size)
+    ref = mask_logits(logits, [0, 2], guides)
+    half = logits.bfloat16()
+    got = mask_logits(half, [0, 2], guides)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref)) and torch.isinf(ref[[0, 2]]).any()
+    assert torch.equal(got[1], half[1]) and not torch.isinf(half).any()
