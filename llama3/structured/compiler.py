@@ -103,6 +103,8 @@ class GuideCompiler:
         except Exception as e:  # noqa: BLE001 - the GBNF converter raises bare Exceptions
             raise _invalid(what, str(e), param) from None
         m = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if not m.is_error():
+            m.compute_bitmask()  # a grammar that matches nothing fails on its first mask
         if m.is_error():
             raise _invalid(what, m.get_error(), param)
         return m
@@ -133,6 +135,8 @@ def _describe(guided: GuidedDecoding) -> tuple[str, str]:
 
 def _invalid(what: str, why: str, param: str) -> InvalidRequestError:
     why = why.strip().splitlines()[0] if why.strip() else "rejected by the grammar engine"
+    if why.startswith("NoExtension"):
+        why = "it matches no text at all"
     if "Unimplemented keys" in why or "nsupported" in why:
         msg = f"the {what} uses a feature structured output does not support: {why}"
         hint = "remove that keyword from the schema (the output could not be guaranteed to match)"

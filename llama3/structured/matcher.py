@@ -68,7 +68,7 @@ def mask_logits(logits: torch.Tensor, rows: Sequence[int], guides: Sequence[Guid
     for g in guides:
         if g.matcher.is_error():
             raise InvalidRequestError(
-                f"the output constraint failed: {g.matcher.get_error()}",
+                f"the output constraint failed: {g.matcher.get_error().strip().splitlines()[0]}",
                 "simplify the schema or grammar",
                 param="response_format",
             )

@@ -92,6 +92,7 @@ def test_compiles_are_cached_by_key(llm):
         (GuidedDecoding(json_schema={"type": "object", "uniqueItems": True}), "uniqueItems"),
         (GuidedDecoding(json_schema={"type": "strin"}), "strin"),
         (GuidedDecoding(regex="(a|b"), "regex"),
+        (GuidedDecoding(regex="[^\\s\\S]"), "matches no text at all"),
         (GuidedDecoding(grammar='root ::= "a" | b'), "b"),
     ],
 )
