@@ -142,6 +142,41 @@ def bench_outlines(v: TokenVocab, walk: list[int], encode) -> dict:
     return {"setup_ms": setup, "compile_ms": compile_ms, "mask_ms": times}
 
 
+#: keywords none of the three can enforce: an engine should refuse them, not ignore them
+UNENFORCEABLE = {
+    "not": {"not": {"type": "string"}},
+    "if/then": {"type": "object", "if": {"required": ["a"]}, "then": {"required": ["b"]}},
+    "uniqueItems": {"type": "array", "uniqueItems": True},
+    "dependentRequired": {"type": "object", "dependentRequired": {"a": ["b"]}},
+    "unevaluatedProperties": {"type": "object", "unevaluatedProperties": False},
+}
+
+
+def refuses(engine: str, v: TokenVocab, schema: dict) -> bool:
+    """Whether `engine` rejects `schema` (True) or compiles it anyway (False)."""
+    text = json.dumps(schema)
+    try:
+        if engine == "xgrammar":
+            import xgrammar as xgr
+
+            info = xgr.TokenizerInfo(list(v.token_bytes), vocab_size=v.size)
+            xgr.GrammarCompiler(info).compile_json_schema(text)
+        elif engine == "llguidance":
+            import llguidance
+
+            err = llguidance.LLMatcher.validate_grammar(
+                llguidance.LLMatcher.grammar_from_json_schema(text)
+            )
+            return bool(err)
+        else:
+            from outlines_core.json_schema import build_regex_from_schema
+
+            build_regex_from_schema(text)
+    except Exception:
+        return True
+    return False
+
+
 ENGINES = {
     "xgrammar": bench_xgrammar,
     "llguidance": bench_llguidance,
@@ -185,6 +220,12 @@ def main() -> None:
                 f"| {tname} | {ename} | {setup:.0f} | {comp:.1f} | "
                 f"{statistics.median(masks):.3f} | {p95:.3f} |"
             )
+    v = token_vocab(tokenizers["SmolLM2 (GGUF, 49k)"])
+    print("\n| keyword | " + " | ".join(ENGINES) + " |")
+    print("|---|" + "---|" * len(ENGINES))
+    for kw, schema in UNENFORCEABLE.items():
+        cells = ["refused" if refuses(e, v, schema) else "**ignored**" for e in ENGINES]
+        print(f"| `{kw}` | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
