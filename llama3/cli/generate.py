@@ -24,6 +24,7 @@ from .args import (
     load_llama,
     sampling_params,
 )
+from .structured import add_structured_arguments, guided_from_args
 
 if TYPE_CHECKING:
     from ..generation.llama import Llama
@@ -51,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--echo", action="store_true", help="include the prompt (and its logprobs) in the output"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_structured_arguments(p)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
         logprobs=args.logprobs,
         echo=args.echo and args.logprobs is not None,
+        guided=guided_from_args(args),
     )
     llm = load_llama(args, max_batch_size=min(args.batch_size, len(prompts)))
     ids = [_encode(llm, p, args.chat) for p in prompts]

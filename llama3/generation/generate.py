@@ -58,6 +58,11 @@ class BatchGeneration:
         self.model, self.tokenizer = model, tokenizer
         self.prompts = [list(p) for p in prompts]
         self.params = list(params)
+        for sp in self.params:
+            if sp.guided is not None:  # compiled (and cached) now: a bad constraint fails here
+                from ..structured.compiler import compiler_for
+
+                compiler_for(tokenizer).compile(sp.guided)
         self.max_seq_len = max_seq_len
         if decoder is not None and (
             len(prompts) > decoder.max_batch_size or max_seq_len > decoder.max_seq_len

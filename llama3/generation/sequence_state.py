@@ -66,6 +66,14 @@ class SequenceState:
         self.history = list(prompt)  # prompt + generated, for the repetition penalty
         self.generated: list[int] = []
         self.finish_reason: str | None = None
+        #: the output constraint's grammar state (compiled here, at admission: a bad one raises)
+        self.guide = None
+        if params.guided is not None:
+            from ..structured.matcher import make_guide
+
+            self.guide = make_guide(params.guided, tokenizer)
+            # the stop tokens the grammar allows once complete, if they end this sequence
+            self._guide_stops = self.stops & set(self.guide.stop_ids)
 
     @property
     def done(self) -> bool:
@@ -84,6 +92,8 @@ class SequenceState:
                 vals, ids = torch.topk(logp, p.logprobs)
                 top = list(zip(ids.tolist(), vals.tolist()))
         finish = None
+        if self.guide is not None and tok not in self.stops:
+            self.guide.accept(tok)
         if tok in self.stops:
             text, finish = self.detok.flush(), "stop"
         else:
@@ -93,6 +103,9 @@ class SequenceState:
             elif len(self.generated) >= self.max_new:
                 text += self.detok.flush()
                 finish = "length"
+            elif self.guide is not None and self.guide.complete and not self._guide_stops:
+                text += self.detok.flush()  # complete, and no stop token may end it (ignore_eos)
+                finish = "stop"
         self.finish_reason = finish
         return TokenEvent(self.index, tok, text, lp, top, finish)
 
@@ -124,6 +137,11 @@ def sample_next_ids(states: Sequence[SequenceState], logits: torch.Tensor) -> to
     """`sample_next_tokens` as a tensor on the logits' device. Plain greedy rows are one argmax,
     queued without waiting on the device (the pipelined decode loop relies on it)."""
     ps = [s.params for s in states]
+    guided = [i for i, s in enumerate(states) if s.guide is not None]
+    if guided:  # before every sampler, the greedy argmax included
+        from ..structured.matcher import mask_logits
+
+        logits = mask_logits(logits, guided, [states[i].guide for i in guided])
     if all(_plain_greedy(p) for p in ps):
         return sampling.greedy(logits)
     if any(p.repetition_penalty != 1.0 for p in ps):

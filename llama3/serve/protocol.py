@@ -1,8 +1,8 @@
 """OpenAI request bodies as pydantic models, and their translation to `SamplingParams`.
 
 Every field the server honours is declared; an undeclared field is refused with a 400 naming it
-(`extra="forbid"`), and a declared OpenAI field the server cannot honour (tools, a JSON response
-format, best_of > n, suffix) is refused unless it holds its no-op value. Nothing is silently ignored.
+(`extra="forbid"`), and a declared OpenAI field the server cannot honour (tools,
+best_of > n, suffix) is refused unless it holds its no-op value. Nothing is silently ignored.
 Defaults are OpenAI's (temperature 1, top_p 1; completions stop after 16 tokens).
 """
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_
 
 from ..errors import InvalidRequestError
 from ..generation.params import SamplingParams
+from .guided import GuidedFields
 
 #: OpenAI's own caps, kept so clients get the limits they expect
 MAX_N = 16
@@ -67,11 +68,7 @@ class ChatMessage(_Strict):
         return "".join(p.text for p in self.content)
 
 
-class ResponseFormat(_Strict):
-    type: Literal["text"]
-
-
-class _SamplingFields(_Strict):
+class _SamplingFields(_Strict, GuidedFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
@@ -159,6 +156,7 @@ class _SamplingFields(_Strict):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             echo=prompt_logprobs,
+            guided=self.guided_decoding(),
         )
 
 
@@ -169,7 +167,6 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # OpenAI fields accepted only with their no-op values
-    response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
     tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: StrictBool | None = None

@@ -50,7 +50,7 @@ def chat(**kw):
         (chat(top_logprobs=3), "top_logprobs", "logprobs"),
         (chat(stream_options={"include_usage": True}), "stream_options", "stream"),
         (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "not supported"),
-        (chat(response_format={"type": "json_object"}), "response_format.type", ""),
+        (chat(response_format={"type": "xml"}), "response_format", "xml"),
         (chat(frobnicate=1), "frobnicate", "unrecognized request field"),
         ({"messages": [], "max_tokens": 4}, "messages", ""),
         ({"max_tokens": 4}, "messages", "required"),
