@@ -20,9 +20,13 @@ from ..registry import resolve_model
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="base model (default: SmolLM2-135M-Instruct)")
     p.add_argument(
-        "--data", required=True, help="training JSONL (messages, prompt/completion, text)"
+        "--data",
+        required=True,
+        help="training JSONL (messages, prompt/completion, text), or a Hugging Face dataset "
+        "with those fields: a save_to_disk folder, Parquet/CSV files or folder, or a hub name; "
+        "NAME:SPLIT picks a split (needs pip install datasets)",
     )
-    p.add_argument("--eval", help="JSONL for the eval loss")
+    p.add_argument("--eval", help="JSONL or dataset for the eval loss (as --data)")
     p.add_argument("--out", required=True, help="output folder: adapter, metrics, checkpoints")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=16, help="rank (default 16)")
