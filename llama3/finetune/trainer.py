@@ -34,6 +34,7 @@ from ..lora import (
     trainable_parameters,
 )
 from ..model.transformer import Transformer
+from ..utils.memory import release_freed_memory
 from .data import Batch, Example, batches, epoch_order, groups, pack_rows
 from .distributed import DataParallel, LossModule
 from .forward import loss_sum
@@ -306,6 +307,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            release_freed_memory()  # the step's activations, handed back (glibc keeps them)
             self.model.eval()
             if self.dp.world > 1:  # every rank agrees on the loss and on stopping
                 total, stops = self.dp.all_sum([total, float(self._stop)])
