@@ -111,9 +111,13 @@ def _hf_model(spec: dict):
     from transformers import AutoModelForCausalLM
 
     path = Path(spec["model"])
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     )
+    # the GGUF blocks were dequantized to float32 at load; only the marker says "quantized",
+    # and transformers' Trainer refuses to train a GGUF-quantized model
+    model.is_quantized, model.hf_quantizer = False, None
+    return model
 
 
 def _peft_config(spec: dict):
