@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if world_size_from_env() > 1:  # under torchrun
             if args.verb in launch.VERBS:
                 return launch.run(args)
+            if args.verb in launch.DATA_PARALLEL:
+                return int(args.run(args) or 0)  # every rank trains its share
             if int(os.environ.get("RANK", "0")) != 0:
                 return 0  # a verb without a model: rank 0 alone runs it
         return int(args.run(args) or 0)

@@ -20,9 +20,13 @@ from ..registry import resolve_model
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="base model (default: SmolLM2-135M-Instruct)")
     p.add_argument(
-        "--data", required=True, help="training JSONL (messages, prompt/completion, text)"
+        "--data",
+        required=True,
+        help="training JSONL (messages, prompt/completion, text), or a Hugging Face dataset "
+        "with those fields: a save_to_disk folder, Parquet/CSV files or folder, or a hub name; "
+        "NAME:SPLIT picks a split (needs pip install datasets)",
     )
-    p.add_argument("--eval", help="JSONL for the eval loss")
+    p.add_argument("--eval", help="JSONL or dataset for the eval loss (as --data)")
     p.add_argument("--out", required=True, help="output folder: adapter, metrics, checkpoints")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=16, help="rank (default 16)")
@@ -70,8 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..finetune import Renderer, TrainConfig, Trainer, read_examples
-    from ..loader import load
+    from ..finetune import TrainConfig, distributed
     from ..lora import LoRAConfig, parse_targets
 
     out = Path(args.out)
@@ -106,18 +109,33 @@ def run(args: argparse.Namespace) -> int:
         packing=args.packing,
         checkpointing=args.checkpointing,
     )
-    lm = load(model_path, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    dp = distributed.init(args.device)  # under torchrun: this rank of a data-parallel run
+    try:
+        return _train(args, model_path, lora, cfg, out, dp)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args, model_path, lora, cfg, out, dp) -> int:
+    from ..finetune import Renderer, Trainer, read_examples
+    from ..loader import load
+
+    dp.check_batch(cfg.batch_size, cfg.batch_tokens)  # before the load: fail at once
+    device = str(dp.device) if dp.world > 1 else args.device
+    lm = load(model_path, device=device, dtype=args.dtype, quantize=args.quantize)
     renderer = Renderer(
         lm.tokenizer, _formatter(lm.tokenizer), train_on_prompt=args.train_on_prompt
     )
     train = read_examples(args.data, renderer, cfg.max_seq_len)
     evals = read_examples(args.eval, renderer, cfg.max_seq_len) if args.eval else None
-    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    trainer = Trainer(lm.model, lora, train, cfg, out, eval_examples=evals, log=say)
+    quiet = args.quiet or not dp.main  # only rank 0 reports
+    say = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    trainer = Trainer(lm.model, lora, train, cfg, out, eval_examples=evals, log=say, dp=dp)
     n_params = sum(p.numel() for p in trainer.params)
+    ranks = f" on {dp.world} data-parallel ranks" if dp.world > 1 else ""
     say(
         f"{len(train)} examples, {trainer.total_steps} steps, {n_params:,} LoRA parameters "
-        f"over {lm.weights_note or 'float weights'}"
+        f"over {lm.weights_note or 'float weights'}{ranks}"
     )
     if args.resume:
         step = trainer.resume()

@@ -9,7 +9,9 @@ Records (one JSON object a line):
   on the completion and EOS); lists of messages are a conversation split the same way.
 - `{"text": ...}`: plain text + EOS, every token labelled.
 
-Every bad line is reported with its line number; an empty dataset is an error. Padding has label
+Every bad line is reported with its line number; an empty dataset is an error. A Hugging Face
+`datasets` dataset with rows of the same fields works too (`datasets_source`), bad rows named by
+their index. Padding has label
 -100 and sits after the tokens it pads (right padding), so no real token attends to it and its id
 never matters: pad is never EOS in any sense that could mask a label.
 """
@@ -156,55 +158,75 @@ def _messages(value: Any, key: str) -> list[dict]:
 
 
 def read_examples(path: str | Path, renderer: Renderer, max_seq_len: int) -> list[Example]:
-    """Every line of the JSONL file `path` as an `Example`; one `DataError` lists all bad lines.
-    Examples longer than `max_seq_len` are cut to it, with a warning naming their lines."""
-    p = Path(path)
+    """Every record of the JSONL file (or Hugging Face dataset, `datasets_source`) `path` as an
+    `Example`; one `DataError` lists all bad lines (rows). Examples longer than `max_seq_len`
+    are cut to it, with a warning naming them."""
+    from . import datasets_source
+
+    spec = str(path)
+    if datasets_source.is_dataset(spec):
+        where, fix = "row", "each needs 'messages', 'prompt'+'completion' or 'text'"
+        empty = "give it rows of such records"
+        records = ((i, r, None) for i, r in datasets_source.rows(spec, DataError))
+    else:
+        where, fix = "line", "each is one JSON object with 'messages', 'prompt'+'completion' or "
+        fix += "'text'"
+        empty = "put one JSON object per line"
+        records = _jsonl_records(Path(path))
+    out, bad, cut = [], [], []
+    for n, record, broken in records:
+        try:
+            if broken is not None:
+                raise ValueError(broken)
+            ex = renderer.example(record, n)
+        except Llama3Error as e:  # a message the chat format refused
+            bad.append(f"{where} {n}: {e.message}")
+            continue
+        except ValueError as e:
+            bad.append(f"{where} {n}: {e}")
+            continue
+        if len(ex.ids) > max_seq_len:
+            cut.append(n)
+            ex = Example(ex.ids[:max_seq_len], ex.labels[:max_seq_len], n)
+        if ex.n_labels == 0:
+            bad.append(f"{where} {n}: no token to learn from within --max-seq-len {max_seq_len}")
+            continue
+        out.append(ex)
+    if bad:
+        more = f"; ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        raise DataError(
+            f"{spec}: {len(bad)} bad {where}(s): " + "; ".join(bad[:_MAX_LISTED]) + more,
+            f"fix those {where}s: {fix}",
+            "data",
+        )
+    if not out:
+        raise DataError(f"{spec} holds no examples", empty, "data")
+    if cut:
+        log.warning(
+            "%d example(s) longer than --max-seq-len %d were cut (%ss %s)",
+            len(cut),
+            max_seq_len,
+            where,
+            ", ".join(map(str, cut[:20])),
+        )
+    return out
+
+
+def _jsonl_records(p: Path):
+    """(line number, parsed object or None, what is wrong with the line or None)."""
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"data file not found: {p}", "pass a JSONL file", "data") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {p}: {e}", "pass a UTF-8 JSONL file", "data") from None
-    out, bad, cut = [], [], []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            ex = renderer.example(json.loads(line), n)
+            yield n, json.loads(line), None
         except json.JSONDecodeError as e:
-            bad.append(f"line {n}: invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        except Llama3Error as e:  # a message the chat format refused
-            bad.append(f"line {n}: {e.message}")
-            continue
-        except ValueError as e:
-            bad.append(f"line {n}: {e}")
-            continue
-        if len(ex.ids) > max_seq_len:
-            cut.append(n)
-            ex = Example(ex.ids[:max_seq_len], ex.labels[:max_seq_len], n)
-        if ex.n_labels == 0:
-            bad.append(f"line {n}: no token to learn from within --max-seq-len {max_seq_len}")
-            continue
-        out.append(ex)
-    if bad:
-        more = f"; ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-        raise DataError(
-            f"{p}: {len(bad)} bad line(s): " + "; ".join(bad[:_MAX_LISTED]) + more,
-            "fix those lines: each is one JSON object with 'messages', 'prompt'+'completion' or "
-            "'text'",
-            "data",
-        )
-    if not out:
-        raise DataError(f"{p} holds no examples", "put one JSON object per line", "data")
-    if cut:
-        log.warning(
-            "%d example(s) longer than --max-seq-len %d were cut (lines %s)",
-            len(cut),
-            max_seq_len,
-            ", ".join(map(str, cut[:20])),
-        )
-    return out
+            yield n, None, f"invalid JSON ({e.msg} at column {e.colno})"
 
 
 def pad_batch(examples: Sequence[Example]) -> Batch:

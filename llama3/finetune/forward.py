@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..model.rope import rope_cos_sin
 from ..model.transformer import Transformer
+from ..utils.memory import release_freed_memory
 
 IGNORE = -100
 
@@ -81,5 +82,60 @@ def loss_sum(
     n = int(keep.sum())
     if n == 0:
         return h.sum() * 0.0, 0
-    logits = model._head(h[:, :-1][keep].unsqueeze(0))[0].float()
-    return F.cross_entropy(logits, target[keep], reduction="sum"), n
+    rows, target = h[:, :-1][keep], target[keep]
+    if any(p.requires_grad for p in _head_parameters(model)):  # a trained head: plain autograd
+        return _head_loss(model, rows, target), n
+    if not (torch.is_grad_enabled() and rows.requires_grad):  # eval: chunks, no gradient
+        with torch.no_grad():
+            step = _chunk_rows(model)
+            parts = [_head_loss(model, rows[s : s + step], target[s : s + step]) for s in
+                     range(0, len(rows), step)]  # fmt: skip
+        return torch.stack(parts).sum(), n
+    return _ChunkedHeadLoss.apply(rows, target, model), n
+
+
+#: logits held at once at most (floats, 32 MiB): the head and its loss run over chunks of rows,
+#: each chunk's gradient taken in the forward, so no (rows x vocab) logits, softmax or gradient
+#: of the whole batch ever exists (a 128k vocabulary's would be 0.5 MiB a token, three times)
+LOGIT_ELEMENTS = 1 << 23
+
+
+def _chunk_rows(model: Transformer) -> int:
+    return max(1, LOGIT_ELEMENTS // model.vocab_size)
+
+
+def _head_parameters(model: Transformer):
+    yield from model.norm.parameters()
+    yield from model.output.parameters()
+
+
+def _head_loss(model: Transformer, rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = model._head(rows.unsqueeze(0))[0].float()
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Sum of the cross-entropy of the frozen head over `rows` (n, dim): the gradient w.r.t. the
+    rows is computed chunk by chunk in the forward (the head's own backward, quantized or tied
+    heads too) and only scaled in the backward. Same FLOPs as plain autograd, far less memory."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, target: torch.Tensor, model: Transformer):
+        step = _chunk_rows(model)
+        total = torch.zeros((), dtype=torch.float32, device=rows.device)
+        grad = torch.empty_like(rows)
+        for s in range(0, rows.shape[0], step):
+            with torch.enable_grad():
+                chunk = rows[s : s + step].detach().requires_grad_()
+                loss = _head_loss(model, chunk, target[s : s + step])
+                (grad[s : s + step],) = torch.autograd.grad(loss, chunk)
+            total += loss.detach()
+            del loss, chunk
+            release_freed_memory()  # glibc would keep each chunk's logits as heap it cannot reuse
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype), None, None

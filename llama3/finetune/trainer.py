@@ -7,6 +7,7 @@ temporary name and renamed when complete, so a run killed at any moment leaves w
 only; `resume` continues from the newest and, on CPU, reaches the same weights bit for bit as a
 run never interrupted (the data order of each epoch is a function of the seed and the epoch).
 SIGINT (Ctrl-C) finishes the optimizer step under way, saves a checkpoint and stops.
+Under torchrun the same loop runs data-parallel on every rank (`distributed`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from ..lora import (
     trainable_parameters,
 )
 from ..model.transformer import Transformer
+from ..utils.memory import release_freed_memory
 from .data import Batch, Example, batches, epoch_order, groups, pack_rows
+from .distributed import DataParallel, LossModule
 from .forward import loss_sum
 
 STATE = "trainer_state.pt"
@@ -101,13 +104,19 @@ class Trainer:
         *,
         eval_examples: list[Example] | None = None,
         log: Callable[[str], None] | None = None,
+        dp: DataParallel | None = None,
     ) -> None:
         self.model, self.lora, self.train, self.cfg, self.out = model, lora, train, cfg, Path(out)
         self.eval_examples = eval_examples or []
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.dp = dp or DataParallel(device=model.device)
+        self.dp.check_batch(cfg.batch_size, cfg.batch_tokens)
         torch.manual_seed(cfg.seed)  # the LoRA init (and dropout after it) follow the seed
         attach(model, lora)
+        if self.dp.rank:  # rank 0's init is broadcast; each rank's dropout masks its own
+            torch.manual_seed(cfg.seed + 7919 * self.dp.rank)
         self.params = trainable_parameters(model)
+        self.loss = self.dp.wrap(LossModule(model, cfg.checkpointing))
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999)
         )
@@ -154,6 +163,10 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         final = self.out / f"checkpoint-{self.step:06d}"
         tmp = self.out / f".checkpoint-{self.step:06d}.tmp"
+        rngs = self.dp.gather(torch.get_rng_state())  # each rank's dropout stream
+        if not self.dp.main:
+            self.dp.barrier()  # rank 0 writes; the others wait for the folder to be whole
+            return final
         shutil.rmtree(tmp, ignore_errors=True)
         save_adapter(self.model, tmp, self.lora)
         state = {
@@ -163,7 +176,8 @@ class Trainer:
             "tokens": self.tokens,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "config": asdict(self.cfg),
         }
@@ -172,6 +186,7 @@ class Trainer:
         tmp.rename(final)
         for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+        self.dp.barrier()
         return final
 
     def resume(self) -> int | None:
@@ -205,12 +220,15 @@ class Trainer:
                 lora.B.copy_(b)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        if self.dp.rank < len(rngs):  # a rank the run did not have keeps its seeded stream
+            torch.set_rng_state(rngs[self.dp.rank])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
         self.tokens = state["tokens"]
-        self._trim_metrics()
+        if self.dp.main:
+            self._trim_metrics()
         return self.step
 
     def _trim_metrics(self) -> None:
@@ -227,23 +245,22 @@ class Trainer:
         self.model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
-            for b in batches(self.eval_examples, self.cfg.batch_size, max_seq_len=10**9):
+            found = batches(self.eval_examples, self.cfg.batch_size, max_seq_len=10**9)
+            for b in found[self.dp.rank :: self.dp.world]:  # each rank its share of batches
                 dev = self.model.device
                 s, k = loss_sum(self.model, b.tokens.to(dev), b.labels.to(dev))
                 total, n = total + float(s), n + k
+        total, n = self.dp.all_sum([total, n])
         return total / max(1, n)
 
-    def _micro_step(self, b: Batch, n_total: int) -> float:
-        dev = self.model.device
-        s, _ = loss_sum(
-            self.model,
-            b.tokens.to(dev),
-            b.labels.to(dev),
-            None if b.positions is None else b.positions.to(dev),
-            None if b.segments is None else b.segments.to(dev),
-            checkpointing=self.cfg.checkpointing,
-        )
-        (s / n_total).backward()
+    def _micro_step(self, b: Batch, n_total: int, sync: bool) -> float:
+        """Forward and backward of this rank's share of `b`; its loss sum. `n_total` counts the
+        labels of the whole step on all ranks (world x the mean DDP takes = their sum)."""
+        b, dev = self.dp.shard(b), self.model.device
+        opt = [None if t is None else t.to(dev) for t in (b.positions, b.segments)]
+        with self.dp.no_sync(self.loss, sync):
+            s, _ = self.loss(b.tokens.to(dev), b.labels.to(dev), *opt)
+            (s * self.dp.world / n_total).backward()
         return float(s.detach())
 
     def run(self) -> Path:
@@ -259,7 +276,9 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        save_adapter(self.model, self.out, self.lora)
+        if self.dp.main:
+            save_adapter(self.model, self.out, self.lora)
+        self.dp.barrier()
         return self.out
 
     def _on_sigint(self, signum, frame) -> None:
@@ -280,14 +299,19 @@ class Trainer:
             group = epoch_batches[self.index : self.index + cfg.grad_accum]
             n_total = sum(b.n_labels for b in group)
             self.model.train()
-            total = sum(self._micro_step(b, n_total) for b in group)
+            last_b = len(group) - 1
+            total = sum(self._micro_step(b, n_total, i == last_b) for i, b in enumerate(group))
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
+            release_freed_memory()  # the step's activations, handed back (glibc keeps them)
             self.model.eval()
+            if self.dp.world > 1:  # every rank agrees on the loss and on stopping
+                total, stops = self.dp.all_sum([total, float(self._stop)])
+                self._stop = stops > 0
             self.step += 1
             self.index += len(group)
             self.tokens += sum(b.n_tokens for b in group)
@@ -300,8 +324,9 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             rate = (self.tokens - start_tokens) / elapsed if elapsed > 0 else 0.0
             left = (self.total_steps - self.step) * elapsed / max(1, self.step - start_step)
-            self._record(total / max(1, n_total), eval_loss, lr, rate, elapsed)
-            if last or self.step % cfg.log_every == 0 or eval_loss is not None:
+            if self.dp.main:
+                self._record(total / max(1, n_total), eval_loss, lr, rate, elapsed)
+            if self.dp.main and (last or self.step % cfg.log_every == 0 or eval_loss is not None):
                 ev = f" eval {eval_loss:.4f}" if eval_loss is not None else ""
                 self.log(
                     f"step {self.step}/{self.total_steps} loss {total / max(1, n_total):.4f}{ev}"

@@ -16,6 +16,8 @@ from .driver import Driver, follow
 
 #: verbs that run a model and so can run across ranks
 VERBS = ("chat", "generate", "serve", "perplexity", "aime-worker")
+#: verbs every rank runs itself, data-parallel (`finetune.distributed`)
+DATA_PARALLEL = ("finetune",)
 
 
 def model_spec(args: argparse.Namespace) -> str | None:
