@@ -14,6 +14,7 @@ then frees it: an unload never cuts an answer short. Both routes sit behind the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .errors import APIError, from_llama3_error
 if TYPE_CHECKING:
     from ..engine.async_engine import AsyncLLMEngine
     from ..model.transformer import Transformer
+
+log = logging.getLogger("llama3.serve")
 
 #: how often an unload looks again whether the adapter's last requests have finished
 DRAIN_POLL_S = 0.02
@@ -121,6 +124,7 @@ class ServedAdapters:
             ) from None
         finally:
             self._loading.discard(name)
+        log.info("LoRA adapter %r loaded from %s", name, path)
         return self._add(name, path, lora_id)
 
     async def unload(self, name: str, engine: AsyncLLMEngine) -> None:
@@ -142,8 +146,11 @@ class ServedAdapters:
             bank.remove(a.lora_id)
             return True
 
-        while not await engine.call(remove_when_idle):
-            await asyncio.sleep(DRAIN_POLL_S)
+        if not await engine.call(remove_when_idle):
+            log.info("LoRA adapter %r: unloading once its requests in flight finish", name)
+            while not await engine.call(remove_when_idle):
+                await asyncio.sleep(DRAIN_POLL_S)
+        log.info("LoRA adapter %r unloaded", name)
 
     def _check_new(self, name: str) -> LoRABank:
         if self.bank is None:

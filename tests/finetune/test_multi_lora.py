@@ -35,7 +35,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0
 SAMPLED = SamplingParams(
     temperature=0.9, top_p=1.0, max_tokens=6, ignore_eos=True, logprobs=0, seed=11
 )
-LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+LONG = SamplingParams(temperature=0, max_tokens=120, ignore_eos=True)
 ROOMY = EngineConfig(
     max_num_seqs=16, max_num_batched_tokens=256, block_size=16, num_blocks=64, max_model_len=256
 )
@@ -295,3 +295,4 @@ def _unload_waits_for_requests_in_flight(s: ServerProcess, client: openai.OpenAI
     finish = [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason]
     assert finish == ["length"] and text == want
     assert done["status"] == 200
+    assert "'a': unloading once its requests in flight finish" in s.log  # it did wait
