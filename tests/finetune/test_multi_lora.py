@@ -60,6 +60,16 @@ def adapters(tiny, tmp_path_factory) -> dict[str, Path]:
     return {n: _peft_adapter(tiny, root / n, *spec) for n, spec in SPECS.items()}
 
 
+@pytest.fixture(scope="module")
+def oracles(tiny, adapters) -> dict[str, Llama]:
+    """One adapter over every request, as `Llama.load(adapter=)` runs it (float weights)."""
+    path = tiny.path("3.1", "hf")
+    out = {"base": Llama.load(path, quantize="none", max_seq_len=256)}
+    for n, folder in adapters.items():
+        out[n] = Llama.load(path, quantize="none", max_seq_len=256, adapter=folder)
+    return out
+
+
 def _ids(tok, prompts=PROMPTS) -> list[list[int]]:
     return [tok.encode(p, bos=True, eos=False) for p in prompts]
 
@@ -77,7 +87,7 @@ def _close(got, want, tol: float) -> None:
 
 
 @pytest.mark.parametrize("quantize", ["none", "int8"])
-def test_mixed_batch_equals_each_alone_and_the_python_api(tiny, adapters, quantize):
+def test_mixed_batch_equals_each_alone_and_the_python_api(tiny, adapters, oracles, quantize):
     """int8 fuses q|k|v and w1|w3 into one product: each adapter's update lands on its slice."""
     path = tiny.path("3.1", "hf")
     engine, ids = _engine(path, adapters, quantize)
@@ -97,17 +107,17 @@ def test_mixed_batch_equals_each_alone_and_the_python_api(tiny, adapters, quanti
     assert len({tuple(r.tokens) for r in mixed[: 3 * len(prompts) : len(prompts)]}) == 3
 
     # the oracle: one adapter over every request, as `Llama.load(adapter=)` runs it
-    folders = {0: None, ids["a"]: adapters["a"], ids["b"]: adapters["b"]}
+    names = {0: "base", ids["a"]: "a", ids["b"]: "b"}
     if quantize != "none":
         for lid in ids.values():
             engine.lora.remove(lid)
-    for lid, folder in folders.items():
+    for lid, name in names.items():
         if quantize == "none":
-            lm = Llama.load(path, quantize="none", max_seq_len=256, adapter=folder)
+            lm = oracles[name]
         else:  # the same int8 weights, no bank (quantizing the tiny vocabulary again costs)
             detach(engine.model)
-            if folder is not None:
-                load_adapter(engine.model, folder)
+            if name != "base":
+                load_adapter(engine.model, adapters[name])
             lm = Llama(engine.model, engine.tokenizer, max_seq_len=256, max_batch_size=1)
         for (p, sp, j), got in zip(jobs, mixed):
             if j == lid:
@@ -171,23 +181,23 @@ def _complete(client: openai.OpenAI, model: str, prompt: str):
     )
 
 
-def test_serve_lora_routes_lists_loads_and_unloads(tiny, adapters, tmp_path):
+def test_serve_lora_routes_lists_loads_and_unloads(tiny, adapters, oracles, tmp_path):
     path = tiny.path("3.1", "hf")
-    oracles = {"a": Llama.load(path, quantize="none", max_seq_len=256, adapter=adapters["a"])}
-    oracles["b"] = Llama.load(path, quantize="none", max_seq_len=256, adapter=adapters["b"])
-    oracles["base"] = Llama.load(path, quantize="none", max_seq_len=256)
-    want = {
-        n: [lm.complete(_ids(lm.tokenizer, [p]), GREEDY)[0] for p in PROMPTS]
-        for n, lm in oracles.items()
-    }
     s = ServerProcess(
         model=path,
         served_model_name="base",
         max_model_len=256,
         api_keys=[KEY],
         extra=["--quantize", "none", "--lora", f"a={adapters['a']}"],
-    ).start()
+    ).start(wait_ready=False)
     try:
+        # the oracles' answers while the server loads
+        want = {
+            n: [lm.complete(_ids(lm.tokenizer, [p]), GREEDY)[0] for p in PROMPTS]
+            for n, lm in oracles.items()
+        }
+        long = oracles["a"].complete(_ids(oracles["a"].tokenizer, [PROMPTS[0]]), LONG)[0]
+        s.wait_ready(time.monotonic() + 120)
         client = openai.OpenAI(base_url=f"{s.url}/v1", api_key=KEY, max_retries=0)
         # a runtime load: not without the key, then with it
         body = {"lora_name": "b", "lora_path": str(adapters["b"])}
@@ -220,7 +230,6 @@ def test_serve_lora_routes_lists_loads_and_unloads(tiny, adapters, tmp_path):
         assert "'c'" in msg and all(f"'{n}'" in msg for n in ("base", "a", "b"))
 
         _load_errors(s, adapters, tmp_path)
-        long = oracles["a"].complete(_ids(oracles["a"].tokenizer, [PROMPTS[0]]), LONG)[0]
         _unload_waits_for_requests_in_flight(s, client, long.text)
         r = s.post("/v1/unload_lora_adapter", {"lora_name": "b"})
         assert r.status_code == 200 and r.json()["deleted"] is True
@@ -296,3 +305,18 @@ def _unload_waits_for_requests_in_flight(s: ServerProcess, client: openai.OpenAI
     assert finish == ["length"] and text == want
     assert done["status"] == 200
     assert "'a': unloading once its requests in flight finish" in s.log  # it did wait
+
+
+def test_bad_lora_flags_are_one_error_line(tiny, capsys):
+    from llama3.cli import main
+    from llama3.errors import ConfigError
+    from llama3.serve.state import ServerConfig, ServerState
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--lora", "no-path-given"])
+    assert e.value.code == 2 and "expected NAME=PATH" in capsys.readouterr().err
+    assert main(["serve", "--lora", "a=x", "--lora", "a=y"]) == 2
+    assert "error: --lora name 'a' is used twice" in capsys.readouterr().err
+    both = ServerConfig(adapter="x", loras=(("a", "y"),))
+    with pytest.raises(ConfigError, match="cannot be combined"):  # before the model loads
+        ServerState(both, tiny.path("3.1", "hf")).load(None)
