@@ -33,6 +33,16 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
+def parse_lora(text: str) -> tuple[str, str]:
+    """'name=path/to/adapter' -> (name, path)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=PATH, got {text!r} (e.g. --lora sql=./adapters/sql)"
+        )
+    return name.strip(), path.strip()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", "-m", help="checkpoint dir or .gguf file (default: SmolLM2-135M)")
@@ -48,6 +58,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--adapter",
         help="a LoRA adapter folder (llama3 finetune --out, or PEFT's save_pretrained) served "
         "unmerged over the model",
+    )
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora,
+        metavar="NAME=PATH",
+        help="a LoRA adapter served by name over the base: a request's `model` picks it "
+        "(repeatable; more load at run time through POST /v1/load_lora_adapter)",
     )
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=int, default=16, help="requests in a batch (default 16)")
@@ -140,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequestError(
                 f"--{name.replace('_', '-')} must be at least 1", "use 1 or more"
             )
+    names = [n for n, _ in args.lora]
+    dup = next((n for n in names if names.count(n) > 1 or n == args.served_model_name), None)
+    if dup is not None:
+        raise InvalidRequestError(
+            f"--lora name {dup!r} is used twice", "give each adapter (and the model) its own name"
+        )
     config = ServerConfig(
         model=args.model,
         served_model_name=args.served_model_name,
@@ -149,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quantize=args.quantize,
         adapter=args.adapter,
+        loras=tuple(args.lora),
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=max(args.max_num_batched_tokens, args.max_num_seqs),
         max_model_len=args.max_model_len,

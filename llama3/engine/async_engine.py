@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from ..errors import Llama3Error
 from ..generation.params import SamplingParams
@@ -21,6 +22,8 @@ from .engine import EngineStats, LLMEngine, RequestOutput
 from .sequence import Sequence as EngineSequence
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class EngineDeadError(Llama3Error):
@@ -72,6 +75,7 @@ class AsyncLLMEngine:
         self._wakeup = threading.Event()
         self._pending: list[tuple[EngineSequence, RequestStream]] = []
         self._aborts: list[str] = []
+        self._calls: list[tuple[Callable[[], Any], asyncio.Future]] = []
         self._streams: dict[str, RequestStream] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -103,12 +107,13 @@ class AsyncLLMEngine:
         return self.engine.max_model_len
 
     def add_request(
-        self, prompt: Sequence[int], params: SamplingParams, request_id: str
+        self, prompt: Sequence[int], params: SamplingParams, request_id: str, lora_id: int = 0
     ) -> RequestStream:
-        """Queue a request; raises the engine's typed error at once for a bad one."""
+        """Queue a request (with adapter `lora_id`, 0 = the base); raises the engine's typed
+        error at once for a bad one."""
         if not self.is_running:
             raise EngineDeadError("the engine is not running", "restart the server")
-        seq = self.engine.make_sequence(prompt, params, request_id)
+        seq = self.engine.make_sequence(prompt, params, request_id, lora_id)
         stream = RequestStream(request_id)
         with self._lock:
             if request_id in self._streams:
@@ -136,6 +141,17 @@ class AsyncLLMEngine:
             self._aborts.append(request_id)
         self._wakeup.set()
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the step thread between two steps (what changes the model, such as
+        loading an adapter, must not happen during a forward); returns or raises what it does."""
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running", "restart the server")
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._calls.append((fn, fut))
+        self._wakeup.set()
+        return await fut
+
     def stats(self) -> EngineStats:
         s = self.engine.stats()
         with self._lock:
@@ -160,6 +176,7 @@ class AsyncLLMEngine:
             with self._lock:
                 pending, self._pending = self._pending, []
                 aborts, self._aborts = self._aborts, []
+                calls, self._calls = self._calls, []
             items: list[tuple[RequestStream, RequestOutput | Exception | _Aborted]] = []
             for seq, stream in pending:
                 try:
@@ -173,6 +190,8 @@ class AsyncLLMEngine:
                 if stream is not None:
                     items.append((stream, _ABORTED))
             self._deliver(items)
+            for fn, fut in calls:  # after the requests queued before them
+                self._answer(fn, fut)
             if not engine.has_unfinished():
                 if self._stopping:
                     return
@@ -207,6 +226,14 @@ class AsyncLLMEngine:
                         del self._streams[o.request_id]
             self._deliver(items)
 
+    def _answer(self, fn: Callable[[], Any], fut: asyncio.Future) -> None:
+        try:
+            result, error = fn(), None
+        except Exception as e:
+            result, error = None, e
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_resolve, fut, result, error)
+
     def _forget(self, request_id: str) -> RequestStream | None:
         with self._lock:
             return self._streams.pop(request_id, None)
@@ -215,3 +242,12 @@ class AsyncLLMEngine:
 def _put_all(items: list[tuple[RequestStream, RequestOutput | Exception | _Aborted]]) -> None:
     for stream, item in items:
         stream._put(item)
+
+
+def _resolve(fut: asyncio.Future, result: Any, error: Exception | None) -> None:
+    if fut.done():  # the caller was cancelled
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

@@ -24,6 +24,12 @@ def block_hash(prev: bytes, token_ids: list[int]) -> bytes:
     return hashlib.blake2b(prev + array("q", token_ids).tobytes(), digest_size=16).digest()
 
 
+def _root(seq: Sequence) -> bytes:
+    """What the first block's hash chains from: an adapter changes every k/v, so each adapter's
+    blocks are their own (ids are never reused); the base's chain is as it always was."""
+    return seq.lora_id.to_bytes(8, "little") if seq.lora_id else b""
+
+
 class BlockManager:
     """Owns the free list, reference counts and the hash -> block map of one KV pool."""
 
@@ -94,9 +100,8 @@ class BlockManager:
         hashes, bs = seq.block_hashes, self.block_size
         while len(hashes) <= i:
             j = len(hashes)
-            hashes.append(
-                block_hash(hashes[-1] if j else b"", seq.token_ids[j * bs : (j + 1) * bs])
-            )
+            prev = hashes[-1] if j else _root(seq)
+            hashes.append(block_hash(prev, seq.token_ids[j * bs : (j + 1) * bs]))
         return hashes[i]
 
     def _blocks_to_allocate(self, seq: Sequence, hits: list[int]) -> tuple[int, int]:

@@ -12,10 +12,11 @@ import itertools
 import logging
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import RequestFailedError
+from ..errors import InvalidRequestError, RequestFailedError
 from ..generation.params import GenerationResult, SamplingParams, TokenEvent
 from ..generation.sequence_state import SequenceState, sample_next_tokens, validate_prompt
 from ..model.paged_cache import PagedKVPool
@@ -27,6 +28,9 @@ from .config import EngineConfig, cdiv, num_blocks_for_memory
 from .runner import ModelRunner
 from .scheduler import Scheduler, SchedulerOutput
 from .sequence import Sequence, SequenceStatus
+
+if TYPE_CHECKING:
+    from ..lora.multi import LoRABank
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +94,15 @@ def default_engine_config(
 
 class LLMEngine:
     def __init__(
-        self, model: Transformer, tokenizer: BaseTokenizer, config: EngineConfig | None = None
+        self,
+        model: Transformer,
+        tokenizer: BaseTokenizer,
+        config: EngineConfig | None = None,
+        lora: LoRABank | None = None,
     ) -> None:
+        """`lora`: the adapters requests may pick by id (`add_request(..., lora_id=)`)."""
         self.model, self.tokenizer = model, tokenizer
+        self.lora = lora
         self.config = config or default_engine_config(model)
         self.device = model.device
         self.block_manager = BlockManager(
@@ -106,7 +116,7 @@ class LLMEngine:
             device=self.device,
             dtype=model.dtype,
         )
-        self.runner = ModelRunner(model, self.pool, self.block_manager)
+        self.runner = ModelRunner(model, self.pool, self.block_manager, lora)
         self._ids = itertools.count()
         self._prompt_lps: dict[object, tuple[list, list]] = {}
         #: requests a step failed alone (see `step`), until `take_failures` hands them on
@@ -117,11 +127,19 @@ class LLMEngine:
         return self.config.model_len
 
     def make_sequence(
-        self, prompt: Seq[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt: Seq[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        lora_id: int = 0,
     ) -> Sequence:
         """Validate a request and build its `Sequence` without queueing it. Thread-safe: an async
         front end calls it on its own thread, so bad requests fail there, at once."""
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if lora_id and (self.lora is None or lora_id not in self.lora):
+            raise InvalidRequestError(
+                f"no LoRA adapter with id {lora_id} is loaded", "load it first", param="model"
+            )
         validate_prompt(prompt, self.model.params.vocab_size, self.max_model_len)
         room = self.max_model_len - len(prompt)
         state = SequenceState(
@@ -138,16 +156,22 @@ class LLMEngine:
             max_tokens=params.max_tokens,
             sampling=state,
             prompt_logprobs=params.echo,
+            lora_id=lora_id,
         )
 
     def add_sequence(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
 
     def add_request(
-        self, prompt: Seq[int], params: SamplingParams, request_id: str | None = None
+        self,
+        prompt: Seq[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        lora_id: int = 0,
     ) -> str:
-        """Queue a tokenized prompt; returns its request id. Bad requests raise at once."""
-        seq = self.make_sequence(prompt, params, request_id)
+        """Queue a tokenized prompt (run with adapter `lora_id`, 0 = the base); returns its
+        request id. Bad requests raise at once."""
+        seq = self.make_sequence(prompt, params, request_id, lora_id)
         self.scheduler.add(seq)
         return str(seq.seq_id)
 
@@ -173,6 +197,12 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
+
+    def uses_lora(self, lora_id: int) -> bool:
+        """Whether an unfinished request runs with adapter `lora_id`."""
+        return any(
+            self.scheduler.get(i).lora_id == lora_id for i in self.scheduler.unfinished_ids()
+        )
 
     @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
@@ -287,11 +317,16 @@ class LLMEngine:
         return self.scheduler.abort(request_id)
 
     def generate(
-        self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]
+        self,
+        prompts: Seq[Seq[int]],
+        params: SamplingParams | Seq[SamplingParams],
+        lora_ids: Seq[int] | None = None,
     ) -> list[GenerationResult]:
-        """Run prompts to completion through the continuous batch (tests, offline use)."""
+        """Run prompts to completion through the continuous batch (tests, offline use), each
+        with its adapter in `lora_ids` (default: the base)."""
         ps = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, ps)]
+        loras = list(lora_ids) if lora_ids is not None else [0] * len(prompts)
+        ids = [self.add_request(p, sp, None, a) for p, sp, a in zip(prompts, ps, loras)]
         results = {rid: GenerationResult(prompt_tokens=list(p)) for rid, p in zip(ids, prompts)}
         for rid, sp in zip(ids, ps):
             if sp.logprobs is not None:

@@ -7,6 +7,9 @@ from the block manager. Logits are computed only where a next token is sampled.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..model.paged_cache import PagedBatch, PagedKVPool, Segment
@@ -14,11 +17,22 @@ from ..model.transformer import Transformer
 from .block_manager import BlockManager
 from .scheduler import SchedulerOutput
 
+if TYPE_CHECKING:
+    from ..lora.multi import LoRABank
+
 
 class ModelRunner:
-    def __init__(self, model: Transformer, pool: PagedKVPool, block_manager: BlockManager) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        pool: PagedKVPool,
+        block_manager: BlockManager,
+        lora: LoRABank | None = None,
+    ) -> None:
         self.model, self.pool, self.block_manager = model, pool, block_manager
         self.device = model.device
+        #: the adapters sequences may run with (`Sequence.lora_id`), if any
+        self.lora = lora
 
     def run(
         self, out: SchedulerOutput
@@ -50,12 +64,16 @@ class ModelRunner:
                     prompt_rows.append((seq.seq_id, start, q_start, k))
         batch = PagedBatch(self.pool, torch.tensor(slots, dtype=torch.long, device=dev), segments)
         extra = [r for _, _, q, k in prompt_rows for r in range(q, q + k)]
-        logits = self.model(
-            torch.tensor([tokens], dtype=torch.long, device=dev),
-            cache=batch,
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            logits_indices=torch.tensor(sample_rows + extra, dtype=torch.long, device=dev),
-        )[0]
+        routed = nullcontext()
+        if self.lora is not None and self.lora.loaded:  # else: not one extra op
+            routed = self.lora.route([(s.seq.lora_id, s.num_new_tokens) for s in out.scheduled])
+        with routed:
+            logits = self.model(
+                torch.tensor([tokens], dtype=torch.long, device=dev),
+                cache=batch,
+                positions=torch.tensor(positions, dtype=torch.long, device=dev),
+                logits_indices=torch.tensor(sample_rows + extra, dtype=torch.long, device=dev),
+            )[0]
         prompt: dict[object, tuple[int, torch.Tensor]] = {}
         at = len(sample_rows)
         for sid, first, _, k in prompt_rows:

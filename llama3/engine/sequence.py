@@ -59,6 +59,7 @@ class Sequence:
         "num_cached_tokens",
         "num_preemptions",
         "prompt_logprobs",
+        "lora_id",
     )
 
     def __init__(
@@ -69,8 +70,11 @@ class Sequence:
         max_tokens: int | None = None,
         sampling: Any = None,
         prompt_logprobs: bool = False,
+        lora_id: int = 0,
     ) -> None:
         self.seq_id = seq_id
+        #: the LoRA adapter its rows run with (`lora.LoRABank` id); 0 = the base model
+        self.lora_id = lora_id
         #: the runner needs logits at every prompt position: no prefix-cache hits for this one
         self.prompt_logprobs = prompt_logprobs
         self.token_ids: list[int] = list(prompt_token_ids)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..registry import resolve_model
 from . import metrics as metrics_mod
+from .adapters import router as adapters_router
 from .errors import error_response, install_handlers
 from .middleware import APIKeyMiddleware, BodyLimitMiddleware, BodyTooLarge, RequestCounter
 from .openai_api import router
@@ -38,6 +39,8 @@ ROUTES = (
     "/v1/completions",
     "/tokenize",
     "/detokenize",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
 )
 
 
@@ -87,6 +90,7 @@ def create_app(
         return error_response(e.status_code, message, headers=getattr(e, "headers", None))
 
     app.include_router(router)
+    app.include_router(adapters_router)
 
     @app.get("/health")
     async def health() -> JSONResponse:

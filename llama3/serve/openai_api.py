@@ -83,9 +83,12 @@ def _submit(
     params: list[SamplingParams],
     prompt_tokens: int,
     user: str | None,
+    model: str | None = None,
 ) -> tuple[Run, Envelope]:
-    """Queue one sequence per (prompt, params) as one run; 429 when the queue is full."""
+    """Queue one sequence per (prompt, params) as one run, with the adapter `model` names (the
+    base for its own name or none); 429 when the queue is full."""
     state, metrics = _ctx(request)
+    lora_id = state.check_model(model)
     rid = _new_id(prefix)
     run = Run(
         state.require_engine(),
@@ -97,9 +100,11 @@ def _submit(
         max_queue=state.config.max_queue,
         timeout=state.config.request_timeout,
         user=user,
+        lora_id=lora_id,
     )
     run.submit()
-    return run, Envelope(rid, int(time.time()), state.model_name, state.fingerprint)
+    name = model if lora_id else state.model_name
+    return run, Envelope(rid, int(time.time()), name, state.fingerprint)
 
 
 def _event_stream(
@@ -150,7 +155,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         )
         for j in range(body.n)
     ]
-    run, env = _submit(request, "chatcmpl", [prompt] * body.n, params, len(prompt), body.user)
+    run, env = _submit(
+        request, "chatcmpl", [prompt] * body.n, params, len(prompt), body.user, body.model
+    )
     if body.stream:
         chunks = _chat_stream(run, body, env, state, dialog, metrics)
         return _event_stream(run, env, "chat.completion.chunk", body.include_usage, chunks)
@@ -305,7 +312,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         for j in range(body.n)
     ]
     n_prompt = sum(len(p) for p in prompts)
-    run, env = _submit(request, "cmpl", all_prompts, params, n_prompt, body.user)
+    run, env = _submit(request, "cmpl", all_prompts, params, n_prompt, body.user, body.model)
     echoes = [texts[c // body.n] if body.echo else "" for c in range(len(all_prompts))]
     if body.stream:
         chunks = _completion_stream(run, body, env, state, echoes)
@@ -413,13 +420,17 @@ def _model_card(state: ServerState) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     state, _ = _ctx(request)
-    return {"object": "list", "data": [_model_card(state)]}
+    limit = state.engine.max_model_len if state.engine is not None else None
+    adapters = [state.adapters.card(a, limit) for a in state.adapters.by_name.values()]
+    return {"object": "list", "data": [_model_card(state), *adapters]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     state, _ = _ctx(request)
-    state.check_model(model_id)
+    if state.check_model(model_id):
+        limit = state.engine.max_model_len if state.engine is not None else None
+        return state.adapters.card(state.adapters.by_name[model_id], limit)
     return _model_card(state)
 
 

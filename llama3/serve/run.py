@@ -49,6 +49,7 @@ class Run:
         max_queue: int,
         timeout: float | None,
         user: str | None = None,
+        lora_id: int = 0,
     ) -> None:
         self.engine, self.metrics = engine, metrics
         self.id = request_id
@@ -56,6 +57,8 @@ class Run:
         #: for usage and metrics: n choices of one prompt count its tokens once, as OpenAI's do
         self.prompt_tokens = prompt_tokens
         self.max_queue, self.timeout, self.user = max_queue, timeout, user
+        #: the LoRA adapter its sequences run with (0: the base model)
+        self.lora_id = lora_id
         self.t0 = time.perf_counter()
         self.deadline = None if timeout is None else self.t0 + timeout
         self.streams: list[RequestStream] = []
@@ -77,7 +80,8 @@ class Run:
             )
         try:
             for i, (p, sp) in enumerate(zip(self.prompts, self.params)):
-                self.streams.append(self.engine.add_request(p, sp, f"{self.id}-{i}"))
+                rid = f"{self.id}-{i}"
+                self.streams.append(self.engine.add_request(p, sp, rid, self.lora_id))
         except BaseException:
             self.close("rejected")
             raise

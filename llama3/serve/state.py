@@ -23,6 +23,7 @@ from ..errors import ConfigError, Llama3Error
 from ..guard.settings import GuardSettings
 from ..tokenizer.base import BaseTokenizer
 from ..tokenizer.chat_format import ChatFormatter
+from .adapters import ServedAdapters
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class ServerConfig:
     quantize: str | None = None
     #: a LoRA adapter folder (PEFT format) run unmerged over the weights
     adapter: str | None = None
+    #: LoRA adapters served by name over the base: (name, folder) each (`--lora name=PATH`)
+    loras: tuple[tuple[str, str], ...] = ()
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512
     #: longest prompt + generation; default: the trained context, capped by the KV cache
@@ -85,6 +88,8 @@ class ServerState:
         self._formatter_error: Llama3Error | None = None
         self.load_error: Exception | None = None
         self.guard: ServerGuard | None = None
+        #: the adapters a request's `model` may name (`--lora`, /v1/load_lora_adapter)
+        self.adapters = ServedAdapters(self.model_name)
 
     # ---- loading ---------------------------------------------------------------------------------
     def start_loading(
@@ -108,6 +113,17 @@ class ServerState:
         c = self.config
         from ..parallel import current
 
+        if c.adapter is not None and c.loras:
+            raise ConfigError(
+                "--adapter (one adapter for every request) and --lora (adapters by name) "
+                "cannot be combined",
+                "serve each adapter by name with --lora, and the base as itself",
+            )
+        if c.loras and current() is not None:
+            raise ConfigError(
+                "--lora is not supported under torchrun yet",
+                "merge each adapter (llama3 merge) and serve the merged weights",
+            )
         lm = load(
             self.model_path,
             device=c.device,
@@ -130,6 +146,15 @@ class ServerState:
 
             self.guard = ServerGuard(c.guard, c.guard.load())
             log.info("guard: %s", self.guard.describe())
+        unavailable = None
+        if c.adapter is not None:
+            unavailable = "it runs --adapter over every request (restart it without --adapter)"
+        elif current() is not None:
+            unavailable = "adapters do not run under tensor parallelism yet"
+        bank = self.adapters.attach(lm.model, unavailable)
+        for name, path in c.loras:
+            self.adapters.load_now(name, path)
+            lm.weights_note += f"; LoRA adapter {name!r} from {path}"
         cfg = default_engine_config(
             lm.model,
             max_num_seqs=c.max_num_seqs,
@@ -137,7 +162,7 @@ class ServerState:
             kv_cache_bytes=c.kv_cache_bytes,
             max_num_batched_tokens=c.max_num_batched_tokens,
         )
-        engine = AsyncLLMEngine(LLMEngine(lm.model, lm.tokenizer, cfg))
+        engine = AsyncLLMEngine(LLMEngine(lm.model, lm.tokenizer, cfg, lora=bank))
         self.tokenizer = lm.tokenizer
         try:
             self._formatter = chat_formatter(lm.tokenizer)
@@ -183,14 +208,9 @@ class ServerState:
     def stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None
 
-    def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
-            raise APIError(
-                404,
-                f"the model {name!r} does not exist; this server serves {self.model_name!r}",
-                param="model",
-                code="model_not_found",
-            )
+    def check_model(self, name: str | None) -> int:
+        """The adapter id a request's `model` names (0: the base model); 404 if none."""
+        return self.adapters.lora_id(name)
 
 
 def _default_name(path: Path) -> str:
