@@ -70,13 +70,15 @@ class GuidedFields(BaseModel):
             g = GuidedDecoding(json_schema=schema) if schema else GuidedDecoding(json_object=True)
             asked.append(("response_format", g))
         if self.guided_json is not None:
-            asked.append(("guided_json", GuidedDecoding(json_schema=_schema(self.guided_json))))
+            g = GuidedDecoding(json_schema=_schema(self.guided_json), param="guided_json")
+            asked.append(("guided_json", g))
         if self.guided_regex is not None:
             asked.append(("guided_regex", GuidedDecoding(regex=self.guided_regex)))
         if self.guided_grammar is not None:
             asked.append(("guided_grammar", GuidedDecoding(grammar=self.guided_grammar)))
         if self.guided_choice is not None:
-            asked.append(("guided_choice", GuidedDecoding(regex=_choice_regex(self.guided_choice))))
+            g = GuidedDecoding(regex=_choice_regex(self.guided_choice), param="guided_choice")
+            asked.append(("guided_choice", g))
         if len(asked) > 1:
             names = ", ".join(n for n, _ in asked)
             raise InvalidRequestError(

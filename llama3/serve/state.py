@@ -169,6 +169,9 @@ class ServerState:
         except Llama3Error as e:  # a base model: completions only
             self._formatter_error = e
         engine.start(loop)
+        from ..structured.compiler import warm_up
+
+        warm_up(lm.tokenizer)  # structured output's vocabulary, off the first request's clock
         self.engine = engine
         log.info("weights: %s", lm.weights_note)
         log.info(

@@ -125,12 +125,14 @@ def _grammar(guided: GuidedDecoding) -> str:
 
 def _describe(guided: GuidedDecoding) -> tuple[str, str]:
     if guided.json_schema is not None:
-        return "JSON schema", "response_format"
-    if guided.json_object:
-        return "JSON object format", "response_format"
-    if guided.regex is not None:
-        return "regular expression", "guided_regex"
-    return "grammar", "guided_grammar"
+        what, param = "JSON schema", "response_format"
+    elif guided.json_object:
+        what, param = "JSON object format", "response_format"
+    elif guided.regex is not None:
+        what, param = "regular expression", "guided_regex"
+    else:
+        what, param = "grammar", "guided_grammar"
+    return what, guided.param or param
 
 
 def _invalid(what: str, why: str, param: str) -> InvalidRequestError:
@@ -151,9 +153,25 @@ _compilers_lock = threading.Lock()
 
 
 def compiler_for(tokenizer: BaseTokenizer) -> GuideCompiler:
-    """The one `GuideCompiler` of `tokenizer` (built on first use: ~0.1-0.5 s for the vocab)."""
+    """The one `GuideCompiler` of `tokenizer` (built on first use: ~0.1-0.5 s for the vocab;
+    callers waiting for it while another thread builds it wait for that build)."""
     with _compilers_lock:
         c = _compilers.get(tokenizer)
         if c is None:
             c = _compilers[tokenizer] = GuideCompiler(tokenizer)
         return c
+
+
+def warm_up(tokenizer: BaseTokenizer) -> threading.Thread:
+    """Build `tokenizer`'s compiler in a background thread, so that the first constrained request
+    does not pay for it (a request that comes earlier waits for this build, not a second one)."""
+
+    def build() -> None:
+        try:
+            compiler_for(tokenizer)
+        except InvalidRequestError:  # no stop token: each constrained request says so itself
+            pass
+
+    t = threading.Thread(target=build, name="llama3-guide-warm-up", daemon=True)
+    t.start()
+    return t

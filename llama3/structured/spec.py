@@ -7,7 +7,7 @@ sampling; tool calling uses it to enforce `tool_choice` "required" or a named fu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidRequestError
@@ -23,6 +23,8 @@ class GuidedDecoding:
     regex: str | None = None
     #: a grammar (Lark / EBNF, as the grammar engine reads it)
     grammar: str | None = None
+    #: the request field it came from, named by compile errors (None: the field of its kind)
+    param: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         kinds = [

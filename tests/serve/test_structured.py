@@ -155,7 +155,7 @@ def test_completions_take_guided_fields_and_response_format(client, model_id):
 @pytest.mark.parametrize(
     ("extra", "param", "says"),
     [
-        ({"guided_json": {"type": "array", "uniqueItems": True}}, "response_format", "uniqueItems"),
+        ({"guided_json": {"type": "array", "uniqueItems": True}}, "guided_json", "uniqueItems"),
         (
             {
                 "response_format": {

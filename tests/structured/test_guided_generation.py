@@ -217,3 +217,25 @@ def test_the_torch_mask_path_equals_the_numpy_one(llm):
     got = mask_logits(half, [0, 2], guides)
     assert torch.equal(torch.isinf(got), torch.isinf(ref)) and torch.isinf(ref[[0, 2]]).any()
     assert torch.equal(got[1], half[1]) and not torch.isinf(half).any()
+
+
+def test_warm_up_builds_the_compiler_once_in_the_background(tiny):
+    from llama3.structured.compiler import _compilers, warm_up
+
+    tok = Llama.load(tiny.path("3.1", "meta"), max_seq_len=64, max_batch_size=1).tokenizer
+    assert tok not in _compilers
+    t = warm_up(tok)
+    early = compiler_for(tok)  # asked while (or after) the warm-up builds: waits, no second build
+    t.join(timeout=60)
+    assert not t.is_alive() and compiler_for(tok) is early and _compilers[tok] is early
+
+
+def test_a_compile_error_names_the_request_field_it_came_from(llm):
+    c = compiler_for(llm.tokenizer)
+    bad = {"type": "array", "uniqueItems": True}
+    with pytest.raises(InvalidRequestError) as e:
+        c.compile(GuidedDecoding(json_schema=bad, param="guided_json"))
+    assert e.value.param == "guided_json" and "uniqueItems" in str(e.value)
+    with pytest.raises(InvalidRequestError) as e:
+        c.compile(GuidedDecoding(json_schema=bad))
+    assert e.value.param == "response_format"
