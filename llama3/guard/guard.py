@@ -5,6 +5,10 @@ The version is read from the model when not given: a Hugging Face / GGUF chat te
 `[INST] Task:` is Llama Guard 2, one with the Llama 3 headers is Llama Guard 3; without a
 template, a Llama 3.1-style RoPE scaling means 3 (3-8B is Llama 3.1, 3-1B Llama 3.2) and plain
 Llama 3 means 2. Calls are serialised by a lock, so one Guard can serve several threads.
+
+Verdicts run through a continuous-batching engine of the guard's own with prefix caching: every
+prompt of a guard starts with the same task and category list (about 200 tokens), so after the
+first check only the conversation and the closing instruction are computed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .prompt import GuardRole, encode, render
 from .verdict import Verdict, parse_verdict
 
 if TYPE_CHECKING:
+    from ..engine.engine import LLMEngine
     from ..generation.llama import Llama
 
 #: the longest verdict is `unsafe\nS1,S2,...`: a few tokens per code
@@ -51,6 +56,18 @@ class Guard:
         self.categories: tuple[Category, ...] = select(self.version, exclude, add)
         self._params = SamplingParams(temperature=0.0, max_tokens=MAX_VERDICT_TOKENS)
         self._lock = threading.Lock()
+        self._engine: LLMEngine | None = None
+
+    def _prompts_engine(self) -> LLMEngine:
+        """The engine verdicts run in (built on first use). One sequence at a time, so its KV pool
+        is one context long; the pool is allocated empty, and only blocks in use are touched."""
+        if self._engine is None:
+            from ..engine.engine import LLMEngine, default_engine_config
+
+            model = self.llm.model
+            cfg = default_engine_config(model, max_num_seqs=1, max_model_len=self.llm.max_seq_len)
+            self._engine = LLMEngine(model, self.llm.tokenizer, cfg)
+        return self._engine
 
     @classmethod
     def load(
@@ -92,5 +109,5 @@ class Guard:
                 param="messages",
             )
         with self._lock:
-            result = self.llm.complete([ids], self._params)[0]
+            result = self._prompts_engine().generate([ids], self._params)[0]
         return parse_verdict(result.text, self.categories)

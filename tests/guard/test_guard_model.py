@@ -50,3 +50,26 @@ def test_a_safe_guard(forced):
     llm = Llama.load(forced("safe"), device="cpu", max_seq_len=2048, max_batch_size=1)
     v = llm.guard(CONV[:1])
     assert v.safe and v.summary() == "safe"
+
+
+def test_checks_reuse_the_shared_prompt_prefix_and_agree_with_plain_generation(unsafe):
+    from llama3.guard.guard import MAX_VERDICT_TOKENS
+    from llama3.guard.prompt import encode
+
+    g = Guard(unsafe)
+    other = [{"role": "user", "content": "And what about chlorine?"}]
+    first = g.classify(CONV, role="User")
+    stats = g._prompts_engine().stats()
+    hits_before = stats.prefix_cache_hit_tokens
+    second = g.classify(other, role="User")
+    reused = g._prompts_engine().stats().prefix_cache_hit_tokens - hits_before
+    # the task and category list (everything before the conversation) is computed once
+    ids_a = encode(unsafe.tokenizer, 3, CONV, g.categories, "User")
+    ids_b = encode(unsafe.tokenizer, 3, other, g.categories, "User")
+    shared = next(i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b)
+    assert shared > 100 and reused == shared // 16 * 16, (shared, reused)
+    # the prefix-cached engine answers as plain generation does
+    from llama3 import SamplingParams
+
+    plain = unsafe.complete([ids_b], SamplingParams(temperature=0, max_tokens=MAX_VERDICT_TOKENS))
+    assert second.raw == plain[0].text and first.raw == "unsafe\nS2"
