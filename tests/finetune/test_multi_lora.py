@@ -166,6 +166,35 @@ def test_removing_the_last_adapter_gives_back_the_plain_model(tiny, adapters):
         engine.add_request(prompts[0], GREEDY, None, ids["a"])
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_base_steps_keep_the_native_decode_kernel_with_adapters_loaded(tiny, adapters, quantize):
+    """Adapters loaded: base-only decode steps still run the native int8/int4 kernel (through
+    the wrappers, to the base weights) and answer as an engine with no adapter; a step with an
+    adapter's rows takes the modules, and its answer is the adapter's."""
+    path = tiny.path("3.1", "hf")
+    lm = load(path, device="cpu", dtype="float32", quantize=quantize)
+    plain = LLMEngine(lm.model, lm.tokenizer, ROOMY)
+    prompts = _ids(lm.tokenizer)
+    before = lm.model.native_steps
+    want = plain.generate(prompts, GREEDY)
+    assert lm.model.native_steps - before == GREEDY.max_tokens - 1  # the kernel runs here
+
+    engine, ids = _engine(path, adapters, quantize)
+    model = engine.model
+    assert any(isinstance(m, MultiLoRA) for m in model.modules())
+    before = model.native_steps
+    for r, w in zip(engine.generate(prompts, GREEDY, [0, 0]), want):
+        assert r.tokens == w.tokens and r.logprobs == w.logprobs
+    assert model.native_steps - before == GREEDY.max_tokens - 1  # every decode step native
+
+    before = model.native_steps
+    got = engine.generate(prompts, GREEDY, [0, ids["b"]])
+    assert model.native_steps == before  # adapter rows in every step: the module path
+    assert got[0].tokens == want[0].tokens and got[1].tokens != want[1].tokens
+    alone = engine.generate([prompts[1]], GREEDY, [ids["b"]])[0]
+    _close(got[1], alone, 1e-5)
+
+
 # ---- the server --------------------------------------------------------------------------------------
 KEY = "sk-multi"
 
