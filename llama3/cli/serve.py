@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a LoRA adapter served by name over the base: a request's `model` picks it "
         "(repeatable; more load at run time through POST /v1/load_lora_adapter)",
     )
+    g.add_argument(
+        "--max-loras",
+        type=int,
+        metavar="N",
+        help="most LoRA adapters loaded at once (--lora and run-time loads; default: no cap); "
+        "loading one more is refused until one is unloaded",
+    )
     g = p.add_argument_group("engine")
     g.add_argument("--max-num-seqs", type=int, default=16, help="requests in a batch (default 16)")
     g.add_argument(
@@ -159,6 +166,13 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidRequestError(
                 f"--{name.replace('_', '-')} must be at least 1", "use 1 or more"
             )
+    if args.max_loras is not None and args.max_loras < 1:
+        raise InvalidRequestError("--max-loras must be at least 1", "use 1 or more")
+    if args.max_loras is not None and len(args.lora) > args.max_loras:
+        raise InvalidRequestError(
+            f"{len(args.lora)} --lora adapters exceed --max-loras {args.max_loras}",
+            f"raise --max-loras to {len(args.lora)} or pass fewer --lora",
+        )
     names = [n for n, _ in args.lora]
     dup = next((n for n in names if names.count(n) > 1 or n == args.served_model_name), None)
     if dup is not None:
@@ -175,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         adapter=args.adapter,
         loras=tuple(args.lora),
+        max_loras=args.max_loras,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=max(args.max_num_batched_tokens, args.max_num_seqs),
         max_model_len=args.max_model_len,

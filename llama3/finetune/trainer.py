@@ -274,6 +274,7 @@ class Trainer:
         try:
             self._loop()
         finally:
+            release_freed_memory()  # the activations' heap, once training is over
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         if self.dp.main:
@@ -306,8 +307,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
+            # no malloc_trim here: each step reuses the last one's freed heap, and handing it
+            # back and faulting it in again cost ~10 % of a step (peak memory is the same)
             self.optimizer.zero_grad(set_to_none=True)
-            release_freed_memory()  # the step's activations, handed back (glibc keeps them)
             self.model.eval()
             if self.dp.world > 1:  # every rank agrees on the loss and on stopping
                 total, stops = self.dp.all_sum([total, float(self._stop)])

@@ -11,8 +11,11 @@ float32 kernel (and sum order) by row count, so a request's update would move wi
 batched with (and an int8 base rounds its inputs to a grid, so a 1e-7 move can flip a step); in
 float64 the row count only moves digits that the rounding to float32 drops.
 
+Steps whose rows are all the base's keep the native int8/int4 decode kernel while adapters are
+loaded: a wrapper names its base as `native_base`, which the kernel multiplies by, and `route`
+marks the model (`_adapter_rows`) on steps with adapter rows only, which take the modules.
 With no adapter loaded the bank removes its wrappers: the model is its plain base again (the
-native decode kernel and the bfloat16 prompt path come back), and the runner does nothing extra.
+bfloat16 prompt path comes back too), and the runner does nothing extra.
 Not thread-safe: add, remove and route from the engine's step thread.
 """
 
@@ -50,6 +53,11 @@ class MultiLoRA(nn.Module):
             at += n
         #: adapter id -> projection -> its update (plain dict: not part of the model's state)
         self.loras: dict[int, dict[str, LoRA]] = {}
+
+    @property
+    def native_base(self) -> nn.Module:
+        """What the native decode kernel multiplies by on steps without adapter rows."""
+        return self.base
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -145,10 +153,12 @@ class LoRABank:
             (aid, None if len(rows) == at else torch.tensor(rows, dtype=torch.long, device=dev))
             for aid, rows in by_id.items()
         ] or None
+        self.model._adapter_rows = self.groups is not None
         try:
             yield
         finally:
             self.groups = None
+            self.model._adapter_rows = False
 
     def _wrapper(self, name: str) -> tuple[MultiLoRA, str]:
         """The wrapper of Meta module `name` ("layers.3.attention.wq"), made on first use, and the
@@ -173,6 +183,6 @@ class LoRABank:
         return w, key
 
     def _wrappers_changed(self) -> None:
-        # decided again: wrapped layers are modules to call, not tensors for the native kernel
+        # decided again: the layers changed (the kernel sees through the wrappers to the base)
         self.model._native_decode = None
         self.model._native_weights = None

@@ -21,8 +21,16 @@ from .kv_cache import KVCache
 from .paged_cache import PagedBatch
 
 
+def _base(layer: object) -> object:
+    """The projection the kernel multiplies by: a served adapters' wrapper (`MultiLoRA`) stands
+    for its base (steps with adapter rows never come here: `usable`); anything else as it is
+    (a `LoRALinear` of `--adapter` adapts every row, so it keeps the model off the kernel)."""
+    return getattr(layer, "native_base", layer)
+
+
 def _native_proj(layer: object) -> bool:
     """An int8 or int4 projection whose tensors the native kernels take as they are."""
+    layer = _base(layer)
     # Int8Linear holds `codes` exactly when it multiplies with the native kernel
     codes = getattr(layer, "codes", None)
     if isinstance(codes, torch.Tensor):
@@ -81,7 +89,7 @@ def _embedding(module) -> list[torch.Tensor] | None:
 def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) -> bool:
     """Whether this step (`tokens` at `positions`, into `cache`) takes the native path."""
     # the model first: decided once, and the only test a compiled (never eligible) model traces
-    if not eligible(model):
+    if not eligible(model) or getattr(model, "_adapter_rows", False):
         return False
     if isinstance(cache, PagedBatch):  # a flat batch (1, T): native when every row decodes
         return not cache.prefills and cache.pool.native
@@ -94,6 +102,7 @@ def usable(model, cache: object, tokens: torch.Tensor, positions: torch.Tensor) 
 
 
 def _parts(proj) -> list[torch.Tensor]:
+    proj = _base(proj)
     if hasattr(proj, "codes"):  # int8: no zeros (the kernel ignores the third tensor)
         return [proj.codes, proj.scale, proj.scale]
     return [proj.packed, proj.scale, proj.zero]
@@ -127,6 +136,7 @@ def decode(
     shape = tokens.shape
     ids = tokens.reshape(-1).long().contiguous()
     w = model._native_weights
+    model.native_steps += 1
     inv_freq = model.inv_freq(tokens.device)
     if isinstance(cache, PagedBatch):
         slots, _, _, lengths = cache._plan()  # rows are the decodes in flat-batch order

@@ -210,6 +210,11 @@ class Transformer(nn.Module):
         #: whether decode steps run the native layer kernel (native_decode.eligible decides)
         self._native_decode: bool | None = None
         self._native_weights: list[tuple] | None = None  # each layer's tensors, when native
+        #: decode steps the native kernel ran (read by tests and the serving engine's checks)
+        self.native_steps = 0
+        #: set by `lora.multi.LoRABank.route` while a step has rows for a served adapter: the
+        #: native kernel reads the base weights only, so those steps take the module path
+        self._adapter_rows = False
 
     @property
     def device(self) -> torch.device:

@@ -185,7 +185,9 @@ class Int8Linear(bf16_rows.PromptProducts, nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         t = self.tensors()
-        return t["codes"].float() * t["scale"][:, None]
+        # one pass (the int8 -> float32 promotion inside the product), not a cast then a product:
+        # the same values; QLoRA's backward takes this once per frozen product and step
+        return torch.mul(t["codes"], t["scale"][:, None])
 
     def weight_nbytes(self) -> int:
         """Bytes a product reads: the int8 weights and a float32 scale per row."""

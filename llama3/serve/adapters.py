@@ -51,8 +51,10 @@ class ServedAdapters:
     """Names -> adapters of one server. Touched on the event loop only (and on the loading
     thread before the engine starts)."""
 
-    def __init__(self, base_name: str) -> None:
+    def __init__(self, base_name: str, max_loras: int | None = None) -> None:
         self.base_name = base_name
+        #: most adapters loaded at once (`--max-loras`); None: no cap
+        self.max_loras = max_loras
         self.bank: LoRABank | None = None
         #: why adapters cannot be served by name here (--adapter, tensor parallelism), if so
         self.unavailable: str | None = None
@@ -173,6 +175,17 @@ class ServedAdapters:
                 f"the name {name!r} is {what}",
                 param="lora_name",
                 code="adapter_name_in_use",
+            )
+        held = [*self.by_name, *self._loading]  # loads under way count: they will be loaded
+        if self.max_loras is not None and len(held) >= self.max_loras:
+            raise APIError(
+                409,
+                f"cannot load {name!r}: {len(held)} LoRA adapters are loaded, the cap "
+                f"(--max-loras {self.max_loras}) ({', '.join(map(repr, held))}); unload one "
+                'first with POST /v1/unload_lora_adapter {"lora_name": "..."}, or restart with '
+                "a higher --max-loras",
+                param="lora_name",
+                code="too_many_adapters",
             )
         return self.bank
 

@@ -31,6 +31,19 @@ class Metrics:
         )
         self.prompt_tokens = Counter("llama3_prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter("llama3_generation_tokens", "Tokens generated", registry=r)
+        # per served model: the base under its own name, each LoRA adapter under its name
+        self.model_requests = Counter(
+            "llama3_model_requests",
+            "Requests accepted, by served model (the base or a LoRA adapter)",
+            ["model"],
+            registry=r,
+        )
+        self.model_generation_tokens = Counter(
+            "llama3_model_generation_tokens",
+            "Tokens generated, by served model (the base or a LoRA adapter)",
+            ["model"],
+            registry=r,
+        )
         self.ttft = Histogram(
             "llama3_time_to_first_token_seconds",
             "Time from request to first generated token",

@@ -89,6 +89,7 @@ def _submit(
     base for its own name or none); 429 when the queue is full."""
     state, metrics = _ctx(request)
     lora_id = state.check_model(model)
+    name = model if lora_id else state.model_name
     rid = _new_id(prefix)
     run = Run(
         state.require_engine(),
@@ -101,9 +102,9 @@ def _submit(
         timeout=state.config.request_timeout,
         user=user,
         lora_id=lora_id,
+        model=name,
     )
     run.submit()
-    name = model if lora_id else state.model_name
     return run, Envelope(rid, int(time.time()), name, state.fingerprint)
 
 

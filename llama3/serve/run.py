@@ -50,6 +50,7 @@ class Run:
         timeout: float | None,
         user: str | None = None,
         lora_id: int = 0,
+        model: str = "",
     ) -> None:
         self.engine, self.metrics = engine, metrics
         self.id = request_id
@@ -59,6 +60,9 @@ class Run:
         self.max_queue, self.timeout, self.user = max_queue, timeout, user
         #: the LoRA adapter its sequences run with (0: the base model)
         self.lora_id = lora_id
+        #: the served model's name (the base's, or the adapter's): the per-model metrics' label
+        self.model = model
+        self._model_tokens = metrics.model_generation_tokens.labels(model)
         self.t0 = time.perf_counter()
         self.deadline = None if timeout is None else self.t0 + timeout
         self.streams: list[RequestStream] = []
@@ -86,6 +90,7 @@ class Run:
             self.close("rejected")
             raise
         self.metrics.prompt_tokens.inc(self.prompt_tokens)
+        self.metrics.model_requests.labels(self.model).inc()
 
     async def events(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
@@ -145,6 +150,7 @@ class Run:
             return
         self.completion_tokens += 1
         self.metrics.generation_tokens.inc()
+        self._model_tokens.inc()
         if self.first_token_at is None:
             self.first_token_at = now
             self.metrics.ttft.observe(now - self.t0)

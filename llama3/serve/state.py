@@ -50,6 +50,8 @@ class ServerConfig:
     adapter: str | None = None
     #: LoRA adapters served by name over the base: (name, folder) each (`--lora name=PATH`)
     loras: tuple[tuple[str, str], ...] = ()
+    #: most adapters loaded by name at once (None: no cap)
+    max_loras: int | None = None
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512
     #: longest prompt + generation; default: the trained context, capped by the KV cache
@@ -89,7 +91,7 @@ class ServerState:
         self.load_error: Exception | None = None
         self.guard: ServerGuard | None = None
         #: the adapters a request's `model` may name (`--lora`, /v1/load_lora_adapter)
-        self.adapters = ServedAdapters(self.model_name)
+        self.adapters = ServedAdapters(self.model_name, config.max_loras)
 
     # ---- loading ---------------------------------------------------------------------------------
     def start_loading(

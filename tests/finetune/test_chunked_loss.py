@@ -41,7 +41,9 @@ def test_chunked_head_loss_equals_plain_autograd(tiny, monkeypatch, quantize):
     got_grads = torch.autograd.grad(got, params)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-4)
     for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        # float32 sums in another order (chunks, and the CPU's own BLAS blocking): a few units
+        # of 1e-6 on entries near zero, so the bound is relative to the gradient's scale
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()))
     with torch.no_grad():  # the eval path: chunks without gradients; an int4 head runs its
         # inference kernels there (bfloat16 tiles, or the native one for few rows)
         tol = {} if quantize == "none" else {"rtol": 1e-4, "atol": 0.0}

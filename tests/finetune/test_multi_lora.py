@@ -166,6 +166,35 @@ def test_removing_the_last_adapter_gives_back_the_plain_model(tiny, adapters):
         engine.add_request(prompts[0], GREEDY, None, ids["a"])
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_base_steps_keep_the_native_decode_kernel_with_adapters_loaded(tiny, adapters, quantize):
+    """Adapters loaded: base-only decode steps still run the native int8/int4 kernel (through
+    the wrappers, to the base weights) and answer as an engine with no adapter; a step with an
+    adapter's rows takes the modules, and its answer is the adapter's."""
+    path = tiny.path("3.1", "hf")
+    lm = load(path, device="cpu", dtype="float32", quantize=quantize)
+    plain = LLMEngine(lm.model, lm.tokenizer, ROOMY)
+    prompts = _ids(lm.tokenizer)
+    before = lm.model.native_steps
+    want = plain.generate(prompts, GREEDY)
+    assert lm.model.native_steps - before == GREEDY.max_tokens - 1  # the kernel runs here
+
+    engine, ids = _engine(path, adapters, quantize)
+    model = engine.model
+    assert any(isinstance(m, MultiLoRA) for m in model.modules())
+    before = model.native_steps
+    for r, w in zip(engine.generate(prompts, GREEDY, [0, 0]), want):
+        assert r.tokens == w.tokens and r.logprobs == w.logprobs
+    assert model.native_steps - before == GREEDY.max_tokens - 1  # every decode step native
+
+    before = model.native_steps
+    got = engine.generate(prompts, GREEDY, [0, ids["b"]])
+    assert model.native_steps == before  # adapter rows in every step: the module path
+    assert got[0].tokens == want[0].tokens and got[1].tokens != want[1].tokens
+    alone = engine.generate([prompts[1]], GREEDY, [ids["b"]])[0]
+    _close(got[1], alone, 1e-5)
+
+
 # ---- the server --------------------------------------------------------------------------------------
 KEY = "sk-multi"
 
@@ -307,6 +336,48 @@ def _unload_waits_for_requests_in_flight(s: ServerProcess, client: openai.OpenAI
     assert "'a': unloading once its requests in flight finish" in s.log  # it did wait
 
 
+def test_serve_max_loras_caps_loads_and_metrics_count_per_adapter(tiny, adapters):
+    """--max-loras 1 with `a` loaded: loading `b` is a 409 naming the cap and the unload route;
+    after unloading `a` it loads. /metrics counts requests and generated tokens per served
+    model (the base under its name, each adapter under its own), as the responses' usage says."""
+    s = ServerProcess(
+        model=tiny.path("3.1", "hf"),
+        served_model_name="base",
+        max_model_len=256,
+        api_keys=[KEY],
+        extra=["--quantize", "none", "--lora", f"a={adapters['a']}", "--max-loras", "1"],
+    ).start()
+    try:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key=KEY, max_retries=0)
+        body = {"lora_name": "b", "lora_path": str(adapters["b"])}
+        r = s.post("/v1/load_lora_adapter", body)
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "too_many_adapters" and err["param"] == "lora_name"
+        assert "--max-loras 1" in err["message"] and "'a'" in err["message"]
+        assert "/v1/unload_lora_adapter" in err["message"]
+        assert [m.id for m in client.models.list().data] == ["base", "a"]
+
+        used = {"base": 0, "a": 0}
+        for model in ("a", "a", "base"):
+            used[model] += _complete(client, model, PROMPTS[0]).usage.completion_tokens
+        m = s.metrics()
+        assert m['llama3_model_requests_total{model="a"}'] == 2
+        assert m['llama3_model_requests_total{model="base"}'] == 1
+        assert m['llama3_model_generation_tokens_total{model="a"}'] == used["a"] == 12
+        assert m['llama3_model_generation_tokens_total{model="base"}'] == used["base"]
+
+        assert s.post("/v1/unload_lora_adapter", {"lora_name": "a"}).status_code == 200
+        r = s.post("/v1/load_lora_adapter", body)
+        assert r.status_code == 200, r.text
+        assert _complete(client, "b", PROMPTS[1]).model == "b"
+        m = s.metrics()
+        assert m['llama3_model_requests_total{model="b"}'] == 1
+        assert m['llama3_model_requests_total{model="a"}'] == 2  # counters outlive the unload
+    finally:
+        s.stop()
+
+
 def test_bad_lora_flags_are_one_error_line(tiny, capsys):
     from llama3.cli import main
     from llama3.errors import ConfigError
@@ -317,6 +388,11 @@ def test_bad_lora_flags_are_one_error_line(tiny, capsys):
     assert e.value.code == 2 and "expected NAME=PATH" in capsys.readouterr().err
     assert main(["serve", "--lora", "a=x", "--lora", "a=y"]) == 2
     assert "error: --lora name 'a' is used twice" in capsys.readouterr().err
+    assert main(["serve", "--lora", "a=x", "--lora", "b=y", "--max-loras", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "2 --lora adapters exceed --max-loras 1" in err and "raise --max-loras" in err
+    assert main(["serve", "--max-loras", "0"]) == 2
+    assert "--max-loras must be at least 1" in capsys.readouterr().err
     both = ServerConfig(adapter="x", loras=(("a", "y"),))
     with pytest.raises(ConfigError, match="cannot be combined"):  # before the model loads
         ServerState(both, tiny.path("3.1", "hf")).load(None)
