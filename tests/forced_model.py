@@ -18,8 +18,19 @@ import torch
 MARGIN = 60.0  # logit of the forced token above every other one
 
 
-def forced_answer_model(out: Path, after: int, answer: list[int], end: int, variant="3.1") -> Path:
-    chain = [after, *answer]
+def forced_answer_model(
+    out: Path,
+    after: int,
+    answer: list[int],
+    end: int,
+    variant="3.1",
+    second: tuple[list[int], int] | None = None,
+    margin: float = MARGIN,
+) -> Path:
+    """`second` = (tokens, end): another chain, reached only when a request's logit_bias picks
+    its first token (a tool loop's final answer after the call); a smaller `margin` lets a
+    logit_bias of -100 overrule the chain."""
+    chain = [after, *answer, *(second[0] if second else [])]
     if len(set(chain)) != len(chain) or end in chain:
         raise ValueError(f"a bigram model needs distinct tokens in the chain, got {chain} -> {end}")
     if len(chain) > factory.DIM:
@@ -38,6 +49,10 @@ def forced_answer_model(out: Path, after: int, answer: list[int], end: int, vari
             emb[tok] = basis[i] * factory.DIM**0.5
         nxt = [*answer, end]
         for i, tok in enumerate(nxt):
-            head[tok] = basis[i] * MARGIN
+            head[tok] = basis[i] * margin
+        if second is not None:  # its links sit after the first chain's in the basis
+            two, two_end = second
+            for i, tok in enumerate([*two[1:], two_end]):
+                head[tok] = basis[len(answer) + 1 + i] * margin
         # other rows of the head stay random (~N(0, 0.08)): their logits are O(1) on the chain
     return factory.write_hf(model, out, variant)
