@@ -84,7 +84,6 @@ class ChatMessage(_Strict):
     tool_call_id: str | None = None
     #: an assistant turn that called tools (content may then be null)
     tool_calls: list[ToolCallIn] | None = None
-    name: StrictStr | None = None
 
     _content = field_validator("content")(_check_text)
 
