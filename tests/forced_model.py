@@ -56,3 +56,34 @@ def forced_answer_model(
                 head[tok] = basis[len(answer) + 1 + i] * margin
         # other rows of the head stay random (~N(0, 0.08)): their logits are O(1) on the chain
     return factory.write_hf(model, out, variant)
+
+
+#: what `tool_call_model` answers: a Llama 3.1 built-in call, and (under `final_answer_bias`)
+#: the answer after the tool result
+TOOL_CALL_TEXT = 'brave_search.call(query="Paris weather")'
+TOOL_FINAL_TEXT = "It is sunny in Paris today."
+
+
+def tool_call_model(out: Path) -> Path:
+    """`<|python_tag|>brave_search.call(query="Paris weather")<|eom_id|>` after any chat prompt."""
+    from llama3.tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    special = tok.special_tokens
+    return forced_answer_model(
+        out,
+        271,  # "\n\n", the last token of the assistant header
+        [special["<|python_tag|>"], *tok.encode(TOOL_CALL_TEXT, bos=False, eos=False)],
+        special["<|eom_id|>"],
+        second=(tok.encode(TOOL_FINAL_TEXT, bos=False, eos=False), special["<|eot_id|>"]),
+        margin=7.5,  # forced logits ~60 (x sqrt(dim) after the norm): a bias of -100 wins
+    )
+
+
+def final_answer_bias() -> dict[int, float]:
+    """Leave the call chain for the answer chain (the bigram model cannot read the result)."""
+    from llama3.tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    first = tok.encode(TOOL_FINAL_TEXT, bos=False, eos=False)[0]
+    return {first: 30.0, tok.special_tokens["<|python_tag|>"]: -100.0}

@@ -19,15 +19,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from forced_model import forced_answer_model  # noqa: E402
+from forced_model import (  # noqa: E402
+    TOOL_CALL_TEXT,
+    TOOL_FINAL_TEXT,
+    final_answer_bias,
+    tool_call_model,
+)
 from server import ServerProcess  # noqa: E402
 
 from llama3.tokenizer import Tokenizer  # noqa: E402
 
 TOK = Tokenizer()
 SPECIAL = TOK.special_tokens
-CALL_TEXT = 'brave_search.call(query="Paris weather")'
-FINAL = "It is sunny in Paris today."
+CALL_TEXT = TOOL_CALL_TEXT
+FINAL = TOOL_FINAL_TEXT
 SEARCH = {
     "type": "function",
     "function": {
@@ -65,14 +70,7 @@ def _ids(text: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def forced(tmp_path_factory):
-    path = forced_answer_model(
-        tmp_path_factory.mktemp("tools") / "forced",
-        271,  # "\n\n", the last token of the assistant header
-        [SPECIAL["<|python_tag|>"], *_ids(CALL_TEXT)],
-        SPECIAL["<|eom_id|>"],
-        second=(_ids(FINAL), SPECIAL["<|eot_id|>"]),
-        margin=7.5,  # forced logits ~60 (x sqrt(dim) after the norm): a bias of -100 wins
-    )
+    path = tool_call_model(tmp_path_factory.mktemp("tools") / "forced")
     s = ServerProcess(
         model=path, served_model_name="m", max_model_len=2048, kv_cache_memory="32MiB"
     ).start()
@@ -86,9 +84,8 @@ def smol(server):
     return client, client.models.list().data[0].id
 
 
-def _final_bias() -> dict[str, int]:
-    """Leave the call chain for the answer chain (the bigram model cannot read the result)."""
-    return {str(_ids(FINAL)[0]): 30, str(SPECIAL["<|python_tag|>"]): -100}
+def _final_bias() -> dict[str, float]:
+    return {str(k): v for k, v in final_answer_bias().items()}
 
 
 def test_tool_loop(forced):
