@@ -40,7 +40,7 @@ SEARCH = {
         "description": "Search the web",
         "parameters": {
             "type": "object",
-            "properties": {"query": {"type": "string"}},
+            "properties": {"query": {"type": "string", "maxLength": 40}},
             "required": ["query"],
         },
     },
@@ -213,7 +213,7 @@ def test_forced_call_is_valid(smol, choice):
         tool_choice=choice,
         temperature=1.0,
         seed=3,
-        max_tokens=80,
+        max_tokens=64,
         parallel_tool_calls=False,
     )
     c = r.choices[0]
@@ -228,7 +228,7 @@ def test_forced_call_is_valid(smol, choice):
 
 def test_mixed_batch_equals_each_alone(smol):
     smol, name = smol
-    base = {"model": name, "temperature": 0, "max_tokens": 40, "seed": 1}
+    base = {"model": name, "temperature": 0, "max_tokens": 32, "seed": 1}
     reqs = [
         {
             **base,
