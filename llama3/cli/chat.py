@@ -5,6 +5,10 @@ stops the answer being generated and keeps what was said; Ctrl-C at an empty pro
 When the next turn would not fit the context, the oldest turns after the system prompt are dropped
 with a notice. With stdin not a terminal, each input line is one user turn and only the answers are
 printed, so `echo hi | llama3 chat` works in scripts.
+
+With `--tools tools.json` (an OpenAI `tools` list) the model may call a tool: the call is printed
+as `[tool call] name {"arg": ...}` and the next lines typed (up to an empty line or end of input)
+are the tool's result, sent back as a tool message; the model then answers.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import InvalidRequestError, Llama3Error
 from ..generation.params import SamplingParams
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
     from ..guard import Guard, GuardSettings
 
 DIM, RESET = "\033[2m", "\033[0m"
+#: answers in a row that may call tools before the user speaks again
+MAX_TOOL_ROUNDS = 5
 ROLES = ("system", "user", "assistant", "tool", "ipython")
 #: /set keys -> the type each value parses as
 SETTABLE = {
@@ -65,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_compile_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--system", help="system prompt")
+    p.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="a JSON file with an OpenAI tools list: the model may call them, you paste results",
+    )
     add_guard_arguments(p, streaming=False)
 
 
@@ -91,12 +103,25 @@ class ChatSession:
         decorate: bool,
         guard: Guard | None = None,
         guard_settings: GuardSettings | None = None,
+        tools: list[Any] | None = None,
+        read_line: Callable[[], str | None] | None = None,
     ):
         self.llm, self.params, self.out, self.err, self.decorate = llm, params, out, err, decorate
         #: with a guard, unsafe user turns are refused and unsafe answers replaced
         self.guard, self.guard_settings = guard, guard_settings
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.stats = Stats()
+        #: `Tool`s offered to the model; `read_line` gives a pasted tool result line (None: EOF)
+        self.tools = tools or []
+        self.read_line = read_line or (lambda: None)
+
+    def encode(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        fmt = self.llm.formatter
+        if self.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            from ..tools.prompt import encode_with_tools
+
+            return encode_with_tools(fmt, messages, self.tools)  # with the open header
+        return fmt.encode_dialog_prompt(messages, add_generation_prompt=add_generation_prompt)
 
     # ---- output helpers --------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -126,12 +151,7 @@ class ChatSession:
 
     def recount(self) -> None:
         """Context used by the conversation as it stands (after /reset, /load, /system)."""
-        fmt = self.llm.formatter
-        ids = (
-            fmt.encode_dialog_prompt(self.messages, add_generation_prompt=False)
-            if self.messages
-            else []
-        )
+        ids = self.encode(self.messages, add_generation_prompt=False) if self.messages else []
         self.stats.context = len(ids)
 
     def _cmd_reset(self, _: str) -> None:
@@ -211,7 +231,7 @@ class ChatSession:
         """Prompt ids for the conversation, dropping the oldest non-system turns until `reserve` fits."""
         dropped = 0
         while True:
-            prompt = self.llm.formatter.encode_dialog_prompt(self.messages)
+            prompt = self.encode(self.messages)
             first = 1 if self.messages and self.messages[0]["role"] == "system" else 0
             if len(prompt) + reserve <= self.llm.max_seq_len or len(self.messages) - first <= 1:
                 break
@@ -245,8 +265,15 @@ class ChatSession:
             self.out.write((self.guard_settings.message if self.guard_settings else "") + "\n")
             self.out.flush()
             return
+        for _ in range(MAX_TOOL_ROUNDS):
+            if not self.answer():
+                return
+
+    def answer(self) -> bool:
+        """Generate one answer; True when it called tools and their results were added."""
         # with an output check, the answer is shown only once the guard has judged it
         hold = self.guard_settings is not None and self.guard_settings.checks_output
+        hold = hold or bool(self.tools)  # an answer that may be a call is shown once parsed
         reserve = min(self.params.max_tokens or 512, self.llm.max_seq_len // 4)
         try:
             prompt = self.fit_prompt(reserve)
@@ -254,11 +281,15 @@ class ChatSession:
         except Llama3Error as e:  # e.g. one message alone is longer than the context
             self.messages.pop()
             self.note(f"error: {e}")
-            return
+            return False
         pieces, n, t0, interrupted = [], 0, time.perf_counter(), False
+        tokens: list[int] = []
+        finish = None
         try:
             for ev in stream:
                 n += 1
+                tokens.append(ev.token)
+                finish = ev.finish_reason or finish
                 if ev.text:
                     pieces.append(ev.text)
                     if not hold:
@@ -269,12 +300,16 @@ class ChatSession:
             interrupted = True
         secs = time.perf_counter() - t0
         self.messages.append({"role": "assistant", "content": "".join(pieces)})
-        if hold:
+        called = False
+        if self.tools and finish == "stop" and not interrupted:
+            called = self._tool_calls(tokens, pieces)
+        if not called and hold:
             if self._flagged("output"):
                 assert self.guard_settings is not None
                 self.messages[-1]["content"] = self.guard_settings.message
             self.out.write(self.messages[-1]["content"])
-        self.out.write(" [interrupted]\n" if interrupted else "\n")
+        if not called:  # a call printed its own lines
+            self.out.write(" [interrupted]\n" if interrupted else "\n")
         self.out.flush()
         s = self.stats
         s.turns, s.generated, s.seconds = s.turns + 1, s.generated + n, s.seconds + secs
@@ -283,12 +318,40 @@ class ChatSession:
             self.note(
                 f"[{n} tokens, {s.last_rate:.1f} tok/s, context {s.context}/{self.llm.max_seq_len}]"
             )
+        return called
+
+    def _tool_calls(self, tokens: list[int], pieces: list[str]) -> bool:
+        """Parse the answer for calls; print each, read its result, keep both in the history."""
+        from ..tokenizer.chat_format import PYTHON_TAG
+        from ..tools.parse import parse_answer
+
+        tag = self.llm.tokenizer.special_tokens.get(PYTHON_TAG)  # the text skips specials
+        text = (PYTHON_TAG if tokens[:1] == [tag] else "") + "".join(pieces)
+        parsed = parse_answer(text, [t.name for t in self.tools])
+        if not parsed.calls:
+            return False
+        calls = [c.openai() for c in parsed.calls]
+        self.messages[-1] = {"role": "assistant", "content": parsed.content, "tool_calls": calls}
+        if parsed.content:
+            self.out.write(parsed.content + "\n")
+        for c in parsed.calls:
+            self.out.write(f"[tool call] {c.name} {c.arguments_json}\n")
+            self.out.flush()
+            self.note(f"paste the result of {c.name} (end with an empty line):")
+            lines: list[str] = []
+            while (line := self.read_line()) is not None and line.strip():
+                lines.append(line.rstrip("\n"))
+            self.messages.append(
+                {"role": "tool", "tool_call_id": c.id, "content": "\n".join(lines)}
+            )
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     params = sampling_params(args)  # checked before the load: a bad flag fails at once
     settings = guard_settings(args)  # a bad --guard* flag fails before anything loads
+    tools = _read_tools(args.tools) if args.tools else None  # a bad file fails before the load
     llm = load_llama(args)
     guard = settings.load() if settings is not None else None
     session = ChatSession(
@@ -300,6 +363,8 @@ def run(args: argparse.Namespace) -> int:
         decorate=interactive,
         guard=guard,
         guard_settings=settings,
+        tools=tools,
+        read_line=lambda: _read_line(interactive),
     )
     if interactive:
         name = llm.loaded.checkpoint.path.name if llm.loaded else "model"
@@ -326,3 +391,23 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             continue
         session.turn(line)
+
+
+def _read_line(interactive: bool) -> str | None:
+    try:
+        line = input("tool> ") if interactive else sys.stdin.readline()
+    except EOFError:
+        return None
+    return None if not interactive and line == "" else line
+
+
+def _read_tools(file: str) -> list[Any]:
+    from ..tools.spec import parse_tools
+
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidRequestError(
+            f"cannot read --tools {file}: {e}", "give a JSON file with an OpenAI tools list"
+        ) from None
+    return parse_tools(data)

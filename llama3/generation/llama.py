@@ -13,7 +13,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -290,8 +290,43 @@ class Llama:
         self,
         dialogs: Sequence[Dialog],
         params: SamplingParams | Sequence[SamplingParams] = DEFAULT_PARAMS,
+        *,
+        tools: Sequence[Any] | None = None,
+        parallel_tool_calls: bool = True,
     ) -> list[GenerationResult]:
-        return self.complete([self.formatter.encode_dialog_prompt(d) for d in dialogs], params)
+        """Answer each dialog; `result.message` is the assistant message. With `tools` (OpenAI
+        tools or built-in names like "brave_search"), the prompt offers them and calls the model
+        makes are parsed into `message["tool_calls"]` (OpenAI shape, arguments a JSON string)."""
+        if not tools:
+            results = self.complete(
+                [self.formatter.encode_dialog_prompt(d) for d in dialogs], params
+            )
+            for r in results:
+                r.message = {"role": "assistant", "content": r.text}
+            return results
+        from ..tokenizer.chat_format import PYTHON_TAG
+        from ..tools.parse import parse_answer
+        from ..tools.prompt import encode_with_tools
+        from ..tools.spec import parse_tools
+
+        parsed_tools = parse_tools(tools)
+        names = [t.name for t in parsed_tools]
+        prompts = [encode_with_tools(self.formatter, d, parsed_tools) for d in dialogs]  # type: ignore[arg-type]
+        results = self.complete(prompts, params)
+        for r in results:
+            r.message = {"role": "assistant", "content": r.text}
+            if r.finish_reason == "stop":
+                # the text skips special tokens: put a leading python_tag back
+                tag = self.tokenizer.special_tokens.get(PYTHON_TAG)
+                text = (PYTHON_TAG if r.tokens[:1] == [tag] else "") + r.text
+                answer = parse_answer(text, names, parallel=parallel_tool_calls)
+                if answer.calls:
+                    r.message = {
+                        "role": "assistant",
+                        "content": answer.content,
+                        "tool_calls": [c.openai() for c in answer.calls],
+                    }
+        return results
 
     def stream_chat(
         self,

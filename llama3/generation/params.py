@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import InvalidRequestError
 from ..structured.spec import GuidedDecoding
@@ -156,6 +156,8 @@ class TokenEvent:
     top_logprobs: list[tuple[int, float]] | None = None
     #: set on the last event of a sequence
     finish_reason: FinishReason | None = None
+    #: `Llama.chat`'s answer as a message; with tools, parsed calls under "tool_calls"
+    message: dict[str, Any] | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import InvalidRequestError
 from ..generation.params import SamplingParams
+from ..tokenizer.chat_format import EOM, PYTHON_TAG
+from ..tools.choice import ToolPlan
+from ..tools.parse import parse_answer, restore_specials
+from ..tools.prompt import encode_with_tools
+from ..tools.stream import StreamParser
 from .errors import APIError, error_body
 from .metrics import Metrics
 from .openai_format import CompletionLogprobs, Envelope, TokenText, chat_logprob, sse, usage
@@ -46,12 +52,46 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def _dialog(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def _dialog(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     # OpenAI's "developer" role is the system role under another name.
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in messages
-    ]
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+        d["content"] = m.text() if m.content is not None or not m.tool_calls else None
+        if m.tool_calls:
+            d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        out.append(d)
+    return out
+
+
+def _uses_tools(dialog: list[dict[str, Any]], plan: ToolPlan) -> bool:
+    return bool(plan.offered) or any(m.get("tool_calls") or m["role"] == "tool" for m in dialog)
+
+
+def _chat_prompt(state: ServerState, dialog: list[dict[str, Any]], plan: ToolPlan) -> list[int]:
+    if _uses_tools(dialog, plan):
+        return encode_with_tools(state.formatter, dialog, plan.offered)
+    return state.formatter.encode_dialog_prompt(dialog)  # type: ignore[arg-type]
+
+
+@dataclass
+class ChatCall:
+    """One chat request in flight: what the response and stream builders share."""
+
+    run: Run
+    body: ChatCompletionRequest
+    env: Envelope
+    state: ServerState
+    dialog: list[dict[str, Any]]
+    metrics: Metrics
+    plan: ToolPlan
+
+    def tool_text(self, ev: Any) -> str:
+        """The event text with `<|python_tag|>` / `<|eom_id|>` restored, for the tool parser."""
+        specials = self.state.tokenizer.special_tokens if self.state.tokenizer else {}
+        return restore_specials(ev.text, ev.token, specials.get(PYTHON_TAG), specials.get(EOM))
 
 
 async def _until_disconnect(request: Request, work: Awaitable[Response], run: Run) -> Response:
@@ -132,7 +172,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     body.check()
     assert state.tokenizer is not None
     dialog = _dialog(body.messages)
-    prompt = state.formatter.encode_dialog_prompt(dialog)
+    plan = body.tool_plan
+    prompt = _chat_prompt(state, dialog, plan)
     check_room(len(prompt), body.token_limit, engine.max_model_len)
     if state.guard is not None:  # the user's turn is judged before anything is queued
         env = Envelope(_new_id("chatcmpl"), int(time.time()), state.model_name, state.fingerprint)
@@ -159,43 +200,60 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     run, env = _submit(
         request, "chatcmpl", [prompt] * body.n, params, len(prompt), body.user, body.model
     )
+    call = ChatCall(run, body, env, state, dialog, metrics, plan)
     if body.stream:
-        chunks = _chat_stream(run, body, env, state, dialog, metrics)
+        chunks = _chat_stream(call)
         return _event_stream(run, env, "chat.completion.chunk", body.include_usage, chunks)
-    work = _chat_response(run, body, env, state, dialog, metrics)
-    return await _until_disconnect(request, work, run)
+    return await _until_disconnect(request, _chat_response(call), run)
 
 
-async def _chat_response(
-    run: Run,
-    body: ChatCompletionRequest,
-    env: Envelope,
-    state: ServerState,
-    dialog: list[dict[str, str]],
-    metrics: Metrics,
-) -> Response:
+async def _chat_response(call: ChatCall) -> Response:
+    run, body, env, state, dialog, metrics = (
+        call.run,
+        call.body,
+        call.env,
+        call.state,
+        call.dialog,
+        call.metrics,
+    )
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
     texts = [""] * body.n
+    raw = [""] * body.n  # with the tool-call special tokens, for the parser
     finish: list[str | None] = [None] * body.n
     lps: list[list[dict[str, Any]]] = [[] for _ in range(body.n)]
     try:
         async for j, out in run.events():
             ev = out.event
             texts[j] += ev.text
+            raw[j] += call.tool_text(ev)
             if _scored(ev, stops, body, body.logprobs):
                 lps[j].append(chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs))
             if ev.finish_reason:
                 finish[j] = ev.finish_reason
     finally:
         run.close()
+    messages: list[dict[str, Any]] = []
+    for j in range(body.n):
+        msg: dict[str, Any] = {"role": "assistant", "content": texts[j]}
+        if call.plan.parses and finish[j] == "stop":
+            parsed = parse_answer(raw[j], call.plan.names, parallel=call.plan.parallel)
+            if parsed.calls:
+                msg = {
+                    "role": "assistant",
+                    "content": parsed.content,
+                    "tool_calls": [c.openai() for c in parsed.calls],
+                }
+                finish[j] = "tool_calls"
+        messages.append(msg)
     if state.guard is not None:  # an unsafe answer is replaced, its logprobs dropped with it
         for j in await state.guard.screen_answers(dialog, texts, metrics, run.id):
-            texts[j], finish[j], lps[j] = state.guard.settings.message, "content_filter", []
+            messages[j] = {"role": "assistant", "content": state.guard.settings.message}
+            finish[j], lps[j] = "content_filter", []
     choices = [
         {
             "index": j,
-            "message": {"role": "assistant", "content": texts[j]},
+            "message": messages[j],
             "logprobs": {"content": lps[j]} if body.logprobs else None,
             "finish_reason": finish[j],
         }
@@ -235,14 +293,15 @@ async def _finish_stream(
         run.close()
 
 
-async def _chat_stream(
-    run: Run,
-    body: ChatCompletionRequest,
-    env: Envelope,
-    state: ServerState,
-    dialog: list[dict[str, str]],
-    metrics: Metrics,
-) -> AsyncIterator[bytes]:
+async def _chat_stream(call: ChatCall) -> AsyncIterator[bytes]:
+    run, body, env, state, dialog, metrics = (
+        call.run,
+        call.body,
+        call.env,
+        call.state,
+        call.dialog,
+        call.metrics,
+    )
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
     extra: dict[str, Any] = {"usage": None} if body.include_usage else {}
@@ -256,15 +315,33 @@ async def _chat_stream(
     events = run.events()
     if state.guard is not None:  # text goes out only once the guard has judged it
         events = state.guard.filter_stream(run, dialog, events, metrics)
+    plan = call.plan
+    parsers = [StreamParser(plan.names, plan.parallel) for _ in range(body.n)]
     async for j, out in events:
         ev = out.event
         lp = None
         if _scored(ev, stops, body, body.logprobs):
             lp = {"content": [chat_logprob(tt, ev.token, ev.logprob, ev.top_logprobs)]}
-        if ev.text or lp:
-            yield chunk(j, {"content": ev.text}, lp)
-        if ev.finish_reason:
-            yield chunk(j, {}, None, ev.finish_reason)
+        if not plan.parses or ev.finish_reason == "content_filter":
+            if ev.text or lp:
+                yield chunk(j, {"content": ev.text}, lp)
+            if ev.finish_reason:
+                yield chunk(j, {}, None, ev.finish_reason)
+            continue
+        # tool calls: text that may be a call is held, deltas go out once it is known
+        deltas = parsers[j].feed(call.tool_text(ev))
+        finish = ev.finish_reason
+        if finish:
+            tail, is_call = parsers[j].finish()
+            deltas += tail
+            if is_call and finish == "stop":
+                finish = "tool_calls"
+        for k, d in enumerate(deltas):
+            yield chunk(j, d, lp if k == 0 else None)
+        if lp and not deltas:
+            yield chunk(j, {"content": ""}, lp)
+        if finish:
+            yield chunk(j, {}, None, finish)
 
 
 # ---- completions -----------------------------------------------------------------------------------
@@ -445,7 +522,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of prompt or messages", param="prompt")
     if body.messages is not None:
-        ids = state.formatter.encode_dialog_prompt(_dialog(body.messages))
+        ids = _chat_prompt(state, _dialog(body.messages), ToolPlan())
     elif body.add_special_tokens:
         ids = tok.encode_prompt(body.prompt or "")
     else:

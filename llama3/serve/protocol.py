@@ -1,8 +1,10 @@
 """OpenAI request bodies as pydantic models, and their translation to `SamplingParams`.
 
 Every field the server honours is declared; an undeclared field is refused with a 400 naming it
-(`extra="forbid"`), and a declared OpenAI field the server cannot honour (tools,
-best_of > n, suffix) is refused unless it holds its no-op value. Nothing is silently ignored.
+(`extra="forbid"`), and a declared OpenAI field the server cannot honour (best_of > n,
+suffix) is refused unless it holds its no-op value. `tools` / `tool_choice` /
+`parallel_tool_calls` are honoured (llama3.tools): `ToolPlan` says what the prompt offers, how
+the answer is parsed and which constraint forces a call. Nothing is silently ignored.
 Defaults are OpenAI's (temperature 1, top_p 1; completions stop after 16 tokens).
 """
 
@@ -10,10 +12,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from ..errors import InvalidRequestError
 from ..generation.params import SamplingParams
+from ..structured.spec import GuidedDecoding
+from ..tools.choice import ToolPlan, tool_plan
 from .guided import GuidedFields
 
 #: OpenAI's own caps, kept so clients get the limits they expect
@@ -52,11 +65,25 @@ class TextPart(_Strict):
     _text = field_validator("text")(_check_text)
 
 
+class FunctionCall(_Strict):
+    name: StrictStr
+    #: a JSON object as a string (OpenAI's shape); an object is accepted too
+    arguments: StrictStr | dict[str, Any] = "{}"
+
+
+class ToolCallIn(_Strict):
+    id: StrictStr | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     #: accepted on tool results only (it names the call being answered)
     tool_call_id: str | None = None
+    #: an assistant turn that called tools (content may then be null)
+    tool_calls: list[ToolCallIn] | None = None
 
     _content = field_validator("content")(_check_text)
 
@@ -166,21 +193,37 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    # OpenAI fields accepted only with their no-op values
     tools: list[Any] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
     parallel_tool_calls: StrictBool | None = None
+    # OpenAI fields accepted only with their no-op values
     store: Literal[False] | None = None
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tool calling is not supported by this server; drop tools")
-        return v
+    _plan: ToolPlan | None = PrivateAttr(None)
+
+    @property
+    def tool_plan(self) -> ToolPlan:
+        if self._plan is None:
+            self._plan = tool_plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+        return self._plan
+
+    def guided_decoding(self) -> GuidedDecoding | None:
+        asked = super().guided_decoding()
+        plan = self.tool_plan
+        if not plan.forced:
+            return asked
+        if asked is not None:
+            raise InvalidRequestError(
+                f"tool_choice {plan.choice!r} forces a tool call, which cannot be combined with "
+                "response_format or guided_*",
+                'drop one of them, or use tool_choice "auto"',
+                param="tool_choice",
+            )
+        return plan.guided()
 
     def check(self) -> None:
         super().check()
+        self.guided_decoding()  # tools / tool_choice errors are 400s before anything runs
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequestError(
                 "top_logprobs needs logprobs set to true",
@@ -204,7 +247,13 @@ class ChatCompletionRequest(_SamplingFields):
                     "drop tool_call_id",
                     param=f"messages.{i}.tool_call_id",
                 )
-            if m.content is None:
+            if m.tool_calls is not None and m.role != "assistant":
+                raise InvalidRequestError(
+                    f"messages[{i}].tool_calls is only allowed on assistant messages",
+                    "drop tool_calls",
+                    param=f"messages.{i}.tool_calls",
+                )
+            if m.content is None and not m.tool_calls:
                 raise InvalidRequestError(
                     f"messages[{i}].content is missing",
                     "give each message text content",
