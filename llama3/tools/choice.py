@@ -49,7 +49,8 @@ class ToolPlan:
         pick = self.tools if self.choice == "required" else [self._named()]
         variants = [_call_schema(t) for t in pick]
         schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
-        return GuidedDecoding(json_schema=schema)
+        # a schema the grammar engine refuses is a tool's parameters: the field to fix is `tools`
+        return GuidedDecoding(json_schema=schema, param="tools")
 
     def _named(self) -> Tool:
         return next(t for t in self.tools if t.name == self.choice)

@@ -179,6 +179,24 @@ def test_unknown_function_is_content(forced):
         ({"tool_choice": "required"}, "tool_choice"),
         (
             {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "tag",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"t": {"type": "array", "uniqueItems": True}},
+                            },
+                        },
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+        (
+            {
                 "tools": [SEARCH],
                 "tool_choice": "required",
                 "response_format": {"type": "json_object"},
