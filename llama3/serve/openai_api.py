@@ -13,8 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -76,9 +75,8 @@ def _chat_prompt(state: ServerState, dialog: list[dict[str, Any]], plan: ToolPla
     return state.formatter.encode_dialog_prompt(dialog)  # type: ignore[arg-type]
 
 
-@dataclass
-class ChatCall:
-    """One chat request in flight: what the response and stream builders share."""
+class ChatCall(NamedTuple):
+    """One chat request in flight: what the response and stream builders share (they unpack it)."""
 
     run: Run
     body: ChatCompletionRequest
@@ -208,14 +206,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
 
 async def _chat_response(call: ChatCall) -> Response:
-    run, body, env, state, dialog, metrics = (
-        call.run,
-        call.body,
-        call.env,
-        call.state,
-        call.dialog,
-        call.metrics,
-    )
+    run, body, env, state, dialog, metrics, plan = call
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
     texts = [""] * body.n
@@ -236,8 +227,8 @@ async def _chat_response(call: ChatCall) -> Response:
     messages: list[dict[str, Any]] = []
     for j in range(body.n):
         msg: dict[str, Any] = {"role": "assistant", "content": texts[j]}
-        if call.plan.parses and finish[j] == "stop":
-            parsed = parse_answer(raw[j], call.plan.names, parallel=call.plan.parallel)
+        if plan.parses and finish[j] == "stop":
+            parsed = parse_answer(raw[j], plan.names, parallel=plan.parallel)
             if parsed.calls:
                 msg = {
                     "role": "assistant",
@@ -294,14 +285,7 @@ async def _finish_stream(
 
 
 async def _chat_stream(call: ChatCall) -> AsyncIterator[bytes]:
-    run, body, env, state, dialog, metrics = (
-        call.run,
-        call.body,
-        call.env,
-        call.state,
-        call.dialog,
-        call.metrics,
-    )
+    run, body, env, state, dialog, metrics, plan = call
     assert state.tokenizer is not None
     tt, stops = TokenText(state.tokenizer), _stop_ids(state)
     extra: dict[str, Any] = {"usage": None} if body.include_usage else {}
@@ -315,7 +299,6 @@ async def _chat_stream(call: ChatCall) -> AsyncIterator[bytes]:
     events = run.events()
     if state.guard is not None:  # text goes out only once the guard has judged it
         events = state.guard.filter_stream(run, dialog, events, metrics)
-    plan = call.plan
     parsers = [StreamParser(plan.names, plan.parallel) for _ in range(body.n)]
     async for j, out in events:
         ev = out.event
