@@ -53,9 +53,9 @@ def test_one_native_step_matches_the_modules_and_fills_the_same_cache(tiny):
         ):
             # a grid step of one layer's activations (see above) moves the next layer's keys
             # by a few 1e-5 of their largest
-            torch.testing.assert_close(
-                a[:, :, :18], b[:, :, :18], rtol=0, atol=1e-4 * b.abs().max().item()
-            )
+            # only the 18 written positions: the rest of the cache is uninitialised memory
+            a, b = a[:, :, :18], b[:, :, :18]
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * b.abs().max().item())
 
 
 def test_float_models_and_compile_keep_their_paths(tiny):
