@@ -124,8 +124,9 @@ def test_the_layer_stack_gives_the_same_bits_on_any_thread_count(tiny, scheme):
     (logits, cache), others = got[0], got[1:]
     for other_logits, other_cache in others:
         assert torch.equal(logits, other_logits)
+        # the 14 written positions: the rest is uninitialised memory, where a NaN never equals
         for a, b in zip(cache.k + cache.v, other_cache.k + other_cache.v):
-            assert torch.equal(a, b)
+            assert torch.equal(a[:, :, :14], b[:, :, :14])
 
 
 def test_a_token_outside_the_vocabulary_is_a_clear_error(tiny):
