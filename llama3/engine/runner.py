@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..model import native_decode
 from ..model.paged_cache import PagedBatch, PagedKVPool, Segment
 from ..model.transformer import Transformer
 from .block_manager import BlockManager
-from .scheduler import SchedulerOutput
+from .scheduler import ScheduledSeq, SchedulerOutput
 
 if TYPE_CHECKING:
     from ..lora.multi import LoRABank
@@ -39,7 +40,32 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, dict[object, tuple[int, torch.Tensor]]]:
         """Logits (n_sampled, vocab), one row per scheduled entry with `sample`, in schedule order;
         and for sequences that want prompt logprobs, {seq_id: (first position, logits of the
-        chunk's prompt positions that predict another prompt token)}."""
+        chunk's prompt positions that predict another prompt token)}.
+
+        Where the native layer stack takes decode-only steps, a step's decode rows and its prompt
+        chunks run as two passes: a decode then gets the same bits whether or not its step also
+        held someone's prompt (the stack and the modules agree only to ~1e-4), so a greedy answer
+        never depends on what it was batched with."""
+        entries = list(out.scheduled)
+        decodes = [s for s in entries if s.num_new_tokens == 1]
+        if not decodes or len(decodes) == len(entries) or not self._native_decodes():
+            return self._forward(entries)
+        prompts = [s for s in entries if s.num_new_tokens != 1]
+        (dl, dp), (pl, pp) = self._forward(decodes), self._forward(prompts)
+        # back to schedule order: the sampled rows of each pass, in that pass's order
+        where = {id(s): i for i, s in enumerate(decodes) if s.sample}
+        where |= {id(s): len(dl) + i for i, s in enumerate(x for x in prompts if x.sample)}
+        order = [where[id(s)] for s in entries if s.sample]
+        logits = torch.cat([dl, pl])[torch.tensor(order, dtype=torch.long, device=dl.device)]
+        return logits, dp | pp
+
+    def _native_decodes(self) -> bool:
+        return self.pool.native and native_decode.eligible(self.model)
+
+    def _forward(
+        self, entries: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, dict[object, tuple[int, torch.Tensor]]]:
+        """`run` for these scheduled entries as one flat batch."""
         bm, dev = self.block_manager, self.device
         tokens: list[int] = []
         positions: list[int] = []
@@ -47,7 +73,7 @@ class ModelRunner:
         segments: list[Segment] = []
         sample_rows: list[int] = []
         prompt_rows: list[tuple[object, int, int, int]] = []  # (seq id, first pos, row, count)
-        for s in out.scheduled:
+        for s in entries:
             seq, start, n = s.seq, s.start, s.num_new_tokens
             q_start = len(tokens)
             tokens += seq.token_ids[start : start + n]
@@ -66,7 +92,7 @@ class ModelRunner:
         extra = [r for _, _, q, k in prompt_rows for r in range(q, q + k)]
         routed = nullcontext()
         if self.lora is not None and self.lora.loaded:  # else: not one extra op
-            routed = self.lora.route([(s.seq.lora_id, s.num_new_tokens) for s in out.scheduled])
+            routed = self.lora.route([(s.seq.lora_id, s.num_new_tokens) for s in entries])
         with routed:
             logits = self.model(
                 torch.tensor([tokens], dtype=torch.long, device=dev),

@@ -5,11 +5,13 @@ byte in the plain layout (element 2j in the low nibble of byte j, 2j+1 in the hi
 float32 scales and zeros: 6 bits a weight at group 32. GGUF's Q4_0, Q4_1 and Q4_K are exactly this
 at group 32 (`Int4Linear.from_gguf` keeps their bits; no requantization).
 
-Products of up to `KERNEL_MAX_ROWS` rows (decoding) run in the native kernel (llama3.kernels: the
-nibbles times int16 activations, ~10x the path below for one row); larger ones (prefill) and
-machines without the kernel dequantize a slab of rows at a time (small enough to stay in cache)
-and hand it to the float GEMM, which wins from ~64 rows on (on CPUs with AMX, from 64 rows, the
-bfloat16 GEMM: `bf16_rows`). PyTorch's own
+Products run in the native kernel (llama3.kernels: the nibbles times int16 activations) whatever
+their row count: ~10x the path below for one row, 1.3-2.5x at 48-512 rows with AVX-512 VNNI, even
+at 512 with AVX2 (measured on 2 cores), and each row's result is computed alone, so a request's
+tokens never depend on how many other rows its batch holds (a serving step's row count is an
+accident of batching). Machines without the kernel (and GPUs) dequantize a slab of rows at a time
+(small enough to stay in cache) and hand it to the float GEMM; on CPUs with AMX a prompt chunk
+of 64 rows or more outside a serving step takes the bfloat16 GEMM (`bf16_rows`). PyTorch's own
 `_weight_int4pack_mm_for_cpu` is vectorised on x86 for bfloat16 only; with float32 activations it
 runs a scalar loop, measured slower than both. The plain layout is the only copy: `tensors()`
 returns it as is, and nothing float outlives a call.
@@ -35,10 +37,6 @@ GROUPS = (32, 64, 128)
 #: Measured on 2 AVX2 cores: 1 MiB slabs pay ~0.1 ms of op overhead each, 16 MiB ones miss L3, and
 #: a whole 49152x576 head at once is 4x slower (it streams 113 MiB through DRAM twice).
 _SLAB_ELEMENTS = 1 << 21
-
-#: rows up to which the native kernel beats the slab path (measured on 2 AVX2 cores: 10x at one
-#: row, ~1.3x at 48, even or worse from 64)
-KERNEL_MAX_ROWS = 48
 
 #: GGUF blocks repacked per step at load: bounds the temporaries for vocabulary-sized tensors
 _GGUF_CHUNK_BLOCKS = 1 << 16
@@ -227,12 +225,12 @@ class Int4Linear(bf16_rows.PromptProducts, nn.Module):
         if x2.dtype != torch.float32:
             x2 = x2.float()
         step = self._slab_rows()
-        if x2.shape[0] <= KERNEL_MAX_ROWS and x2.device.type == "cpu" and self._native:
+        if bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX, outside a serving step
+            y = bf16_rows.product(x2, self.out_features, self._bf16_rows)
+        elif x2.device.type == "cpu" and self._native:
             y = torch.ops.llama3_kernels.int4_mm(
                 x2.contiguous(), self.packed, self.scale, self.zero, self.group
             )
-        elif bf16_rows.applies(x2):  # a prompt chunk on a CPU with AMX
-            y = bf16_rows.product(x2, self.out_features, self._bf16_rows)
         elif step >= self.out_features:
             y = F.linear(x2, self._dequantize_rows(0, self.out_features, self._slab(step)))
         else:

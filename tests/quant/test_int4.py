@@ -18,18 +18,18 @@ from gguf import quants as gq
 
 from llama3 import Llama, kernels
 from llama3.errors import InvalidRequestError
-from llama3.quant import int4
+from llama3.quant import bf16_rows, int4
 from llama3.quant.gguf_blocks import dequantize as blocks_dequantize
 from llama3.quant.int4 import GROUPS, Int4Linear
 
 
 def assert_product_matches(lin: Int4Linear, w: torch.Tensor, x: torch.Tensor) -> None:
-    """lin(x) equals F.linear(x, w): to float rounding on the slab path; in the kernel (rows up to
-    KERNEL_MAX_ROWS) within half a step of each activation row's int16 grid times |w|."""
+    """lin(x) equals F.linear(x, w): to float rounding on the slab path; in the kernel (any row
+    count) within half a step of each activation row's int16 grid times |w|."""
     y, ref = lin(x), F.linear(x, w)
     assert y.shape == ref.shape and y.dtype == torch.float32
     x2, y2, ref2 = (t.reshape(-1, t.shape[-1]) for t in (x, y, ref))
-    if x2.shape[0] <= int4.KERNEL_MAX_ROWS and kernels.available():
+    if lin._native:
         half_step = x2.abs().amax(dim=-1, keepdim=True) / 32767 / 2
         bound = half_step * w.abs().sum(dim=1) + 1e-6 * (x2.abs() @ w.abs().t())
         assert ((y2 - ref2).abs() <= bound).all()
@@ -70,16 +70,16 @@ def test_from_float_is_within_half_a_step_and_round_trips(group: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "slab, kernel_rows",
-    [(None, int4.KERNEL_MAX_ROWS), (None, 0), (3 * 128, 0)],
-    ids=["kernel-then-one-slab", "one-slab", "many-slabs"],
+    "slab, native",
+    [(None, True), (None, False), (3 * 128, False)],
+    ids=["kernel", "one-slab", "many-slabs"],
 )
-def test_forward_matches_its_dequantized_weights(slab, kernel_rows, monkeypatch) -> None:
+def test_forward_matches_its_dequantized_weights(slab, native, monkeypatch) -> None:
     if slab is not None:  # force the slab-by-slab product (3 rows a slab, with a ragged last one)
         monkeypatch.setattr(int4, "_SLAB_ELEMENTS", slab)
-    monkeypatch.setattr(int4, "KERNEL_MAX_ROWS", kernel_rows)
     torch.manual_seed(1)
     lin = Int4Linear.from_float(torch.randn(40, 128), 64)
+    lin._native = native and kernels.available()  # the slab path: what a machine without them runs
     w = lin.dequantize()
     for rows in (1, 5, 33, 60):
         assert_product_matches(lin, w, torch.randn(rows, 128))
@@ -169,3 +169,18 @@ def test_gguf_4bit_blocks_are_read_not_left_mapped(smollm2_path):
     assert isinstance(llm.model.layers[0].feed_forward.w2, Int4Linear)
     grown = _mapped_rss_kb(smollm2_path) - before
     assert grown < 8192, f"{grown} kB of the GGUF file resident after loading"
+
+
+@pytest.mark.skipif(not kernels.available(), reason="the slab path's BLAS makes no row promise")
+def test_a_rows_product_does_not_depend_on_the_other_rows() -> None:
+    """A serving step multiplies as many rows as its batch happens to hold (decodes, prompt
+    chunks, a prefix-cache hit's remainder): each row's result is the same bits at any row count,
+    so a request's greedy tokens never depend on its neighbours (README: "the one the model
+    gives alone")."""
+    torch.manual_seed(7)
+    lin = Int4Linear.from_float(torch.randn(96, 320), 32)
+    x = torch.randn(200, 320) * torch.rand(200, 1) * 4
+    with bf16_rows.batch_invariant():
+        whole = lin(x)
+        for lo, hi in [(0, 1), (5, 6), (3, 40), (0, 48), (10, 75), (137, 200)]:
+            assert torch.equal(lin(x[lo:hi]), whole[lo:hi]), (lo, hi)

@@ -1,5 +1,6 @@
-"""Many clients at once: 32 concurrent streams all get the answer the model gives alone, and
-clients that disconnect mid-stream leave nothing behind (no running request, every KV block free)."""
+"""Many clients at once: 32 concurrent streams all get the answer the model gives alone, to the
+bit of every token's logprob, and clients that disconnect mid-stream leave nothing behind (no
+running request, every KV block free)."""
 
 from __future__ import annotations
 
@@ -21,34 +22,39 @@ def body(i: int) -> dict:
         "temperature": 0,
         "max_tokens": MAX,
         "stream": True,
+        "logprobs": True,
     }
 
 
 async def stream_text(client: httpx.AsyncClient, payload: dict, stop_after: int | None = None):
-    """The streamed content; with `stop_after`, hang up after that many content chunks."""
-    text, n = "", 0
+    """(content, each token's logprob) of the stream; with `stop_after`, hang up after that many
+    content chunks (None)."""
+    text, logprobs, n = "", [], 0
     async with client.stream("POST", "/v1/chat/completions", json=payload) as r:
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            delta = json.loads(line[6:])["choices"][0]["delta"]
-            if delta.get("content"):
-                text += delta["content"]
+            choice = json.loads(line[6:])["choices"][0]
+            logprobs += [t["logprob"] for t in (choice.get("logprobs") or {}).get("content") or []]
+            if choice["delta"].get("content"):
+                text += choice["delta"]["content"]
                 n += 1
                 if stop_after is not None and n >= stop_after:
                     return None  # leaving the block closes the connection
-    return text
+    return text, logprobs
 
 
 def test_32_concurrent_streams_and_10_disconnects(server, smollm2):
-    want = [
-        r.text
-        for r in smollm2.chat(
-            [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in TOPICS],
-            SamplingParams(temperature=0, max_tokens=MAX),
+    # Each prompt alone: a step's rows are whatever was batched with whom (decodes beside prompt
+    # chunks, a prefix-cache hit's remainder, hang-ups leaving), and none of it may move a bit.
+    alone = SamplingParams(temperature=0, max_tokens=MAX, logprobs=0)
+    want = []
+    for t in TOPICS:
+        [r] = smollm2.chat(
+            [[{"role": "user", "content": f"Write two sentences about {t}."}]], alone
         )
-    ]
+        want.append((r.text, list(r.logprobs)))
 
     async def main():
         limits = httpx.Limits(max_connections=64)
@@ -58,8 +64,8 @@ def test_32_concurrent_streams_and_10_disconnects(server, smollm2):
             return await asyncio.gather(*full, *hang_ups)
 
     results = asyncio.run(main())
-    for i, text in enumerate(results[:32]):
-        assert text == want[i % 4], i
+    for i, got in enumerate(results[:32]):
+        assert got == want[i % 4], i
     assert results[32:] == [None] * 10
 
     deadline = time.monotonic() + 30
