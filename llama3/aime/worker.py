@@ -6,6 +6,9 @@ joins the running batch as soon as a slot is free: the worker keeps one long pol
 the moment it ends. One progress task reports every running job at most 5 times a second (one
 request in flight; each job's text is cumulative) and aborts the jobs the server marks canceled.
 SIGINT / SIGTERM stop the polling and let running jobs finish; a second signal aborts them.
+Stopping never hangs up an open long poll while the server may still hold one of our results for
+its client: the AIME server takes a dropped poll for a worker gone offline and lapses every job of
+that worker it has not handed out yet, delivered results included.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ log = logging.getLogger(__name__)
 PROGRESS_PER_SEC = 5
 #: after a second signal, seconds to wait for aborted jobs' results before giving up on them
 FORCE_GRACE_S = 5.0
+#: a result delivered this recently may not have reached its client yet (AIME clients poll)
+COLLECT_S = 10.0
 
 CANCELED = "the job was canceled by the API server"
 STOPPED = "the worker was stopped before the job finished"
@@ -85,6 +90,8 @@ class AimeWorker:
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = False
+        #: when the last result was delivered (monotonic)
+        self._delivered = -COLLECT_S
         # held while a progress POST is in flight, so a job's result never overtakes its progress
         self._progress_lock = asyncio.Lock()
         self._ids = itertools.count()
@@ -145,14 +152,27 @@ class AimeWorker:
                 continue
             poll = asyncio.create_task(self.client.request_jobs(free))
             await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not poll.done():
-                poll.cancel()
-                try:
-                    await poll
-                except asyncio.CancelledError:
-                    return
+            if not poll.done() and not await self._poll_ends(poll):
+                return
             for job in poll.result():  # a refused key raises here and ends the worker
                 self._start(job)
+
+    async def _poll_ends(self, poll: asyncio.Task) -> bool:
+        """Stopping with a long poll open: whether it ended with an answer. With jobs running or
+        a result just delivered, the poll ends on its own (the server's request timeout; a job it
+        brings is run, not lost), as hanging it up would lapse those jobs; idle, or after a
+        second signal, it is hung up."""
+        if self._running or time.monotonic() - self._delivered < COLLECT_S:
+            while not poll.done() and not self._force:
+                await asyncio.wait({poll}, timeout=0.2)
+            if poll.done():
+                return True
+        poll.cancel()
+        try:
+            await poll
+        except asyncio.CancelledError:
+            pass
+        return poll.done() and not poll.cancelled()
 
     async def _drain(self) -> None:
         while self._tasks:
@@ -216,6 +236,7 @@ class AimeWorker:
         ok, msg = await self.client.post_result(
             result_body(self.client.who, r.job, self._output(r))
         )
+        self._delivered = time.monotonic()
         self.jobs_done += 1
         took = time.monotonic() - r.started
         what = f"error: {r.error}" if r.error else f"{r.tokens} tokens"

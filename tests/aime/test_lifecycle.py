@@ -29,6 +29,17 @@ def _chat(smollm2, content, n):
     return dialog, smollm2.chat([dialog], SamplingParams(temperature=0, max_tokens=n))[0]
 
 
+def _until(worker, check, timeout: float = 60):
+    """check()'s first truthy value, polled; else fail with the worker's output (never hang)."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, (
+            f"waited {timeout} s; the worker said:\n{worker.err.text()}"
+        )
+        time.sleep(0.05)
+    return got
+
+
 def test_the_worker_survives_a_server_restart(own, smollm2):
     server, worker = own
     dialog, want = _chat(smollm2, "Name a fruit.", 8)
@@ -54,17 +65,18 @@ def test_the_worker_survives_a_server_restart(own, smollm2):
 
 def test_sigterm_finishes_running_jobs_then_exits_0(own, smollm2):
     server, worker = own
-    n = 40
+    n = 100  # long enough to be running when the signal lands, on a fast CPU too
     dialog, want = _chat(smollm2, "Write a long story about a brave mouse.", n)
     c = AimeClient(server.url)
     job = c.request(wait=False, chat_context=dialog, temperature=0, max_gen_tokens=n)
-    while not (c.progress(job["job_id"]).get("progress", {}).get("progress", 0) > 0):
-        time.sleep(0.05)
+    _until(worker, lambda: c.progress(job["job_id"]).get("progress", {}).get("progress", 0) > 0)
     worker.proc.send_signal(signal.SIGTERM)
     worker.err.wait_for(r"stopping: finishing 1 running job", 10)
-    while "job_result" not in (p := c.progress(job["job_id"])):
-        time.sleep(0.1)
+    # The worker exits before the client looks again (AIME clients poll at their own pace): its
+    # open job request ended on its own (the server's 30 s request timeout), since a hung-up one
+    # makes the server take the worker for offline and lapse the job it has not handed out yet.
+    assert worker.wait(60) == 0
+    p = c.progress(job["job_id"])
     c.close()
     assert p["job_result"]["text"] == want.text  # the whole answer, not a cut-off one
     assert p["job_result"]["num_generated_tokens"] == len(want.tokens)
-    assert worker.wait(30) == 0
