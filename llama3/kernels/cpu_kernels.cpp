@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -88,6 +89,12 @@ inline float hsum(__m256 v) {
 // `ahead` bytes past p into L2 (a hint, which never faults: past the weights' end is fine)
 inline void prefetch(const void* p, int64_t ahead = kPrefetch) {
   _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(p) + ahead), _MM_HINT_T1);
+}
+
+// Group g's codes at p, scale and zero: prefetched per 64-byte line of codes and of scales, zeros.
+inline void prefetch_group(const uint8_t* p, const float* scale, const float* zero, int64_t g) {
+  if ((g & 3) == 0) prefetch(p);
+  if ((g & 15) == 0) prefetch(scale, kPrefetch / 4), prefetch(zero, kPrefetch / 4);
 }
 
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
@@ -461,10 +468,7 @@ inline void int4_dot32_wide(const int16_t* x, const float* xsum, int64_t K, cons
     __m512 s[C];
     for (int c = 0; c < C; ++c) {
       const uint8_t* p = w + c * half + g * 16;
-      if ((g & 3) == 0) prefetch(p);  // per 64-byte line of codes, and of scales, zeros
-      if ((g & 15) == 0)
-        prefetch(scale + c * groups + g, kPrefetch / 4),
-            prefetch(zero + c * groups + g, kPrefetch / 4);
+      prefetch_group(p, scale + c * groups + g, zero + c * groups + g, g);
       const __m512i b = _mm512_cvtepu8_epi16(load256(p));
       lo[c] = _mm512_and_si512(b, low);
       hi[c] = _mm512_srli_epi16(b, 4);
@@ -504,6 +508,165 @@ template <int R, int C>
 inline void int4_dot32_wide(const int16_t*, const float*, int64_t, const uint8_t*, const float*,
                             const float*, float*) {}
 #endif
+
+// AVX2, group 32 (GGUF's Q4_0/Q4_1/Q4_K): activations quantized to int8 per 32-element block
+// with the block's own scale (llama.cpp's Q8_1), so one vpmaddubsw multiplies 32 unsigned codes
+// by 32 activations, against two vpmaddwd of int16 activations per 32 weights: a SmolLM2 decode
+// step took 3.6-4.0 cycles per group and core that way, compute-bound where the weights sit in
+// L3. Error: half a step of each block's int8 grid (its largest / 254) instead of the row's
+// int16 grid (2^-16 of its largest).
+constexpr bool kQ8Int4 = !kWideInt4;
+
+// Whether this build's group-32 int4 products take the int8-block kernel: in the AVX2 build by
+// default (llama.cpp's own Q4_1 x Q8_1 trade: KL vs float measured in BENCHMARKS.md), unless
+// LLAMA3_INT4_Q8=0 keeps the int16 grid. Read once per process, so a decode step never mixes them.
+inline bool q8_int4() {
+  static const bool on = [] {
+    const char* v = std::getenv("LLAMA3_INT4_Q8");
+    return kQ8Int4 && !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// Activation rows on int8 grids per 32-block, in Pairs64 order (int4_dot32_q8's nibble order);
+// per row, `scales` holds for each pair of blocks g, g + 1 the 8 lanes [step g x4, step g+1 x4]
+// (an odd last block: its step x8), and `sums` each block's sum of x as its grid gives it.
+struct Int8Blocks {
+  std::vector<int8_t> q;
+  std::vector<float> scales, sums;
+  int64_t M = 0, K = 0, groups = 0, lanes = 0;  // lanes: floats of `scales` per row
+  Int8Blocks() = default;
+  Int8Blocks(const float* x, int64_t M, int64_t K)
+      : q(M * K), M(M), K(K), groups(K / 32), lanes((K / 32 + 1) / 2 * 8) {
+    scales.resize(M * lanes);
+    sums.resize(M * groups);
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m) quantize_row(x + m * K, m);
+    });
+  }
+
+ private:
+  void quantize_row(const float* xr, int64_t m) {
+    int8_t* qr = q.data() + m * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xg = xr + g * 32;
+      const float amax = abs_max(xg, 32);
+      const float d = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / d;
+      int sum = 0;
+      for (int64_t k = 0; k < 32; ++k) {
+        const int v = static_cast<int>(std::nearbyint(xg[k] * inv));
+        qr[slot(Layout::Pairs64, g * 32 + k, K)] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      sums[m * groups + g] = d * static_cast<float>(sum);
+      float* lane = scales.data() + m * lanes + g / 2 * 8;
+      const bool alone = (g & 1) == 0 && g + 1 == groups;
+      for (int i = 0; i < 4; ++i) lane[(g & 1) * 4 + i] = d;
+      if (alone)
+        for (int i = 4; i < 8; ++i) lane[i] = d;
+    }
+  }
+};
+
+// R activation rows (m..) times C weight rows (out[r * C + c]), with the zeros' share: 64 weights
+// (two groups, 32 bytes) a step; the low nibbles of the 32 bytes are the two groups' even weights,
+// the high nibbles the odd ones, so one load, a shift and two ands give vpmaddubsw's operands;
+// vpmaddwd by ones leaves group g's sums in lanes 0-3 and g + 1's in 4-7.
+template <int R, int C>
+inline void int4_dot32_q8(const Int8Blocks& xb, int64_t m, const uint8_t* w, const float* scale,
+                          const float* zero, float* out) {
+  const int64_t K = xb.K, groups = xb.groups, half = K / 2;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i pick = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  __m256 f[R * C];
+  for (int i = 0; i < R * C; ++i) f[i] = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    __m256i lo[C], hi[C];
+    __m256 s[C];
+    for (int c = 0; c < C; ++c) {
+      const uint8_t* p = w + c * half + g * 16;
+      prefetch_group(p, scale + c * groups + g, zero + c * groups + g, g);
+      const __m256i b = load256(p);
+      lo[c] = _mm256_and_si256(b, low);
+      hi[c] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+      const double* two = reinterpret_cast<const double*>(scale + c * groups + g);
+      s[c] = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(two))),
+                                      pick);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xr = xb.q.data() + (m + r) * K + g * 32;
+      const __m256i x0 = load256(xr), x1 = load256(xr + 32);
+      const __m256 d = _mm256_loadu_ps(xb.scales.data() + (m + r) * xb.lanes + g / 2 * 8);
+      for (int c = 0; c < C; ++c) {
+        const __m256i a = _mm256_madd_epi16(
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo[c], x0), _mm256_maddubs_epi16(hi[c], x1)),
+            ones);
+        f[r * C + c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(s[c], d), f[r * C + c]);
+      }
+    }
+  }
+  if (g < groups)  // an odd last group, stored as in Pairs32: even weights, then odd
+    for (int c = 0; c < C; ++c) {
+      const __m128i b = load128(w + c * half + g * 16);
+      const __m256i v = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), low);
+      const __m256 sc = _mm256_broadcast_ss(scale + c * groups + g);
+      for (int r = 0; r < R; ++r) {
+        const __m256i x0 = load256(xb.q.data() + (m + r) * K + g * 32);
+        const __m256 d = _mm256_loadu_ps(xb.scales.data() + (m + r) * xb.lanes + g / 2 * 8);
+        const __m256i a = _mm256_madd_epi16(_mm256_maddubs_epi16(v, x0), ones);
+        f[r * C + c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(sc, d), f[r * C + c]);
+      }
+    }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) {
+      __m256 one[1] = {f[r * C + c]};
+      add_zeros<1>(xb.sums.data() + (m + r) * groups, zero + c * groups, groups, one,
+                   out + r * C + c);
+    }
+}
+
+// The span's columns of y (M, N) = xb times the int4 weights' transpose (group 32), in blocks
+// of kOutBlock weight rows; a single activation row takes weight rows kColBlock at a time.
+void int4_rows_q8(const Int8Blocks& xb, const uint8_t* wp, const float* sp, const float* zp,
+                  int64_t N, float* y, Span span) {
+  const int64_t M = xb.M, K = xb.K, groups = xb.groups;
+  if (M == 0 || span.lo >= span.hi) return;
+  auto rows = [&](int64_t lo, int64_t hi) {
+    float out[kRowBlock * kColBlock];
+    auto run = [&](auto R, auto C, int64_t m, int64_t n) {
+      constexpr int r = decltype(R)::value, c = decltype(C)::value;
+      int4_dot32_q8<r, c>(xb, m, wp + n * (K / 2), sp + n * groups, zp + n * groups, out);
+      for (int i = 0; i < r; ++i)
+        for (int j = 0; j < c; ++j) y[(m + i) * N + n + j] = out[i * c + j];
+    };
+    using one = std::integral_constant<int, 1>;
+    for (int64_t n0 = lo; n0 < hi; n0 += kOutBlock) {
+      const int64_t n1 = std::min(hi, n0 + kOutBlock);
+      for (int64_t m = 0; m < M; m += kRowBlock) {
+        const int64_t r = std::min(kRowBlock, M - m);
+        int64_t n = n0;
+        if (r == 1)
+          for (; n + kColBlock <= n1; n += kColBlock)
+            run(one{}, std::integral_constant<int, kColBlock>{}, m, n);
+        else if (r == kRowBlock)
+          for (; n + 2 <= n1; n += 2)
+            run(std::integral_constant<int, kRowBlock>{}, std::integral_constant<int, 2>{}, m, n);
+        for (; n < n1; ++n) switch (r) {
+            case 4: run(std::integral_constant<int, 4>{}, one{}, m, n); break;
+            case 3: run(std::integral_constant<int, 3>{}, one{}, m, n); break;
+            case 2: run(std::integral_constant<int, 2>{}, one{}, m, n); break;
+            default: run(one{}, one{}, m, n); break;
+          }
+      }
+    }
+  };
+  if (span.team) return rows(span.lo, span.hi);
+  const int64_t blocks = (span.hi - span.lo + kOutBlock - 1) / kOutBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    rows(span.lo + b0 * kOutBlock, std::min(span.hi, span.lo + b1 * kOutBlock));
+  });
+}
 
 // int4 activations' layout: the wide AVX-512 kernel's for group 32 where it is built
 inline Layout int4_layout(int64_t group) {
@@ -555,6 +718,7 @@ void int4_rows(const Int16Rows& xq, const float* xsum, const uint8_t* wp, const 
 void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,
                   const float* zp, int64_t group, int64_t N, float* y) {
   if (M == 0 || N == 0) return;
+  if (q8_int4() && group == 32) return int4_rows_q8(Int8Blocks(x, M, K), wp, sp, zp, N, y, {0, N});
   const Int16Rows xq(x, M, K, int4_layout(group));
   int4_rows(xq, group_sums(xq, group).data(), wp, sp, zp, group, N, y, {0, N});
 }
@@ -564,6 +728,7 @@ void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const
 struct ProjInput {
   Int16Rows xq;
   std::vector<float> xsum;
+  Int8Blocks xb;  // instead of xq where int4_rows_q8 runs
 };
 
 // One projection's weights, int8 (codes int8 (N, K), scale (N)) or int4 (codes uint8 (N, K / 2),
@@ -575,6 +740,7 @@ struct Proj {
 
   ProjInput input(const float* x, int64_t M, int64_t K) const {
     if (group == 0) return {Int16Rows(x, M, K, kInt8Layout), {}};
+    if (q8_int4() && group == 32) return {Int16Rows(x, 0, K, kInt8Layout), {}, Int8Blocks(x, M, K)};
     Int16Rows xq(x, M, K, int4_layout(group));
     std::vector<float> xsum = group_sums(xq, group);
     return {std::move(xq), std::move(xsum)};
@@ -583,6 +749,8 @@ struct Proj {
   void rows(const ProjInput& in, float* y, Span span) const {
     if (group == 0)
       int8_rows(in.xq, static_cast<const int8_t*>(codes), scale, N, y, span);
+    else if (q8_int4() && group == 32)
+      int4_rows_q8(in.xb, static_cast<const uint8_t*>(codes), scale, zero, N, y, span);
     else
       int4_rows(in.xq, in.xsum.data(), static_cast<const uint8_t*>(codes), scale, zero, group, N,
                 y, span);

@@ -23,11 +23,13 @@ def test_native_layers_decode_as_the_modules_do(tiny, scheme):
     llm.model._native_decode = False  # every step through the modules
     modules = llm.complete(prompts, params)
     # both paths round activations onto an int16 grid, and their norms sum in different
-    # orders: a value can land one grid step away
+    # orders: a value can land one grid step away; the AVX2 build's group-32 int4 kernel rounds
+    # them to int8 per 32-block, whose step is 2^8 times coarser
+    atol = 5e-3 if scheme == "int4" and kernels.int4_q8() else 5e-4
     for n, m in zip(native, modules):
         assert n.tokens == m.tokens
         torch.testing.assert_close(
-            torch.tensor(n.logprobs), torch.tensor(m.logprobs), rtol=0, atol=5e-4
+            torch.tensor(n.logprobs), torch.tensor(m.logprobs), rtol=0, atol=atol
         )
 
 

@@ -61,8 +61,10 @@ def test_quantized_layers_route_prompt_chunks_through_it(monkeypatch):
         want = x.double() @ dense.double().T
         chunk = layer(x)  # bfloat16
         assert 1e-4 < _rel(chunk, want) < 1e-2
-        rows = layer(x[:8])  # a decode step's rows: the int16-grid kernels
-        assert _rel(rows, want[:8]) < 1e-4
+        rows = layer(x[:8])  # a decode step's rows: the int16-grid kernels, or, for int4 in
+        # the AVX2 build, its int8-per-32-block kernel (an error of bfloat16's order)
+        q8 = isinstance(layer, Int4Linear) and kernels.int4_q8()
+        assert _rel(rows, want[:8]) < (1e-2 if q8 else 1e-4)
 
 
 def test_only_quantized_models_prompts_attend_in_bfloat16(tiny, monkeypatch):

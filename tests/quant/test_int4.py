@@ -25,12 +25,19 @@ from llama3.quant.int4 import GROUPS, Int4Linear
 
 def assert_product_matches(lin: Int4Linear, w: torch.Tensor, x: torch.Tensor) -> None:
     """lin(x) equals F.linear(x, w): to float rounding on the slab path; in the kernel (any row
-    count) within half a step of each activation row's int16 grid times |w|."""
+    count) within half a step of each activation row's int16 grid times |w|, or, in the AVX2
+    build's group-32 kernel, of each 32-block's int8 grid."""
     y, ref = lin(x), F.linear(x, w)
     assert y.shape == ref.shape and y.dtype == torch.float32
     x2, y2, ref2 = (t.reshape(-1, t.shape[-1]) for t in (x, y, ref))
     if lin._native:
         half_step = x2.abs().amax(dim=-1, keepdim=True) / 32767 / 2
+        if lin.group == 32 and kernels.int4_q8():
+            blocks = x2.reshape(x2.shape[0], -1, 32).abs().amax(dim=-1, keepdim=True)
+            half_step = (blocks / 127 / 2).expand(-1, -1, 32).reshape(x2.shape)
+            bound = half_step @ w.abs().t() + 1e-5 * (x2.abs() @ w.abs().t())
+            assert ((y2 - ref2).abs() <= bound).all()
+            return
         bound = half_step * w.abs().sum(dim=1) + 1e-6 * (x2.abs() @ w.abs().t())
         assert ((y2 - ref2).abs() <= bound).all()
     else:
