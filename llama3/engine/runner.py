@@ -47,10 +47,10 @@ class ModelRunner:
         held someone's prompt (the stack and the modules agree only to ~1e-4), so a greedy answer
         never depends on what it was batched with."""
         entries = list(out.scheduled)
-        decodes = [s for s in entries if s.num_new_tokens == 1]
+        decodes = [s for s in entries if _is_decode(s)]
         if not decodes or len(decodes) == len(entries) or not self._native_decodes():
             return self._forward(entries)
-        prompts = [s for s in entries if s.num_new_tokens != 1]
+        prompts = [s for s in entries if not _is_decode(s)]
         (dl, dp), (pl, pp) = self._forward(decodes), self._forward(prompts)
         # back to schedule order: the sampled rows of each pass, in that pass's order
         where = {id(s): i for i, s in enumerate(decodes) if s.sample}
@@ -80,7 +80,7 @@ class ModelRunner:
             positions += range(start, start + n)
             slots += bm.slots(seq, start, start + n)
             key_slots = torch.tensor(bm.slots(seq, 0, start + n), dtype=torch.long, device=dev)
-            segments.append(Segment(q_start, n, key_slots))
+            segments.append(Segment(q_start, n, key_slots, _is_decode(s)))
             if s.sample:
                 sample_rows.append(q_start + n - 1)
             if seq.prompt_logprobs:
@@ -106,3 +106,9 @@ class ModelRunner:
             prompt[sid] = (first, logits[at : at + k])
             at += k
         return logits[: len(sample_rows)], prompt
+
+
+def _is_decode(s: ScheduledSeq) -> bool:
+    """A generated token fed back (one token past the prompt), not a prompt's last token left
+    alone by a prefix-cache hit or a chunk boundary."""
+    return s.num_new_tokens == 1 and s.start >= s.seq.num_prompt_tokens

@@ -56,7 +56,7 @@ class Driver:
             return ("kv", self._track(cache), cache.max_batch_size, cache.max_seq_len)
         if isinstance(cache, PagedBatch):
             pool = cache.pool
-            segs = [(s.q_start, s.q_len, _cpu(s.key_slots)) for s in cache.segments]
+            segs = [(s.q_start, s.q_len, _cpu(s.key_slots), s.decode) for s in cache.segments]
             return (
                 "paged",
                 self._track(pool),
@@ -117,7 +117,9 @@ def follow(model: torch.nn.Module, tp: TensorParallel) -> None:
                 pool = caches[key] = PagedKVPool(
                     model.params, num_blocks, block_size, device=dev, dtype=dt
                 )
-            cache = PagedBatch(pool, slots.to(dev), [Segment(q, n, k.to(dev)) for q, n, k in segs])
+            cache = PagedBatch(
+                pool, slots.to(dev), [Segment(q, n, k.to(dev), d) for q, n, k, d in segs]
+            )
         with torch.inference_mode():
             model.logits(
                 tokens.to(dev),

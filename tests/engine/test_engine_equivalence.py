@@ -163,28 +163,29 @@ def test_echo_prompt_logprobs_equal_the_offline_path(llm, cfg):
     assert engine.block_manager.num_free_blocks == cfg.num_blocks
 
 
-def test_a_prefix_cache_hit_does_not_change_a_quantized_answer(llm_quantized):
+@pytest.mark.parametrize("length", [100, 65], ids=["36-left", "1-left"])
+def test_a_prefix_cache_hit_does_not_change_a_quantized_answer(llm_quantized, length):
     """The rows a step computes depend on the batch: a prompt of 100 tokens runs as 100 rows,
-    or as the 36 a prefix-cache hit on its first 64 leaves. On a CPU with AMX a path chosen by
-    row count (bfloat16 from 64 rows) would move the logits (and, in a close call, a token);
-    serving steps never take it. (Without AMX both runs take the int16-grid path.)"""
+    or as the 36 a prefix-cache hit on its first 64 leaves (or, for 65 tokens, the last one
+    alone, which must still run as a prompt row, not through the decode path). No product or
+    attention may choose its path by row count (int4 once did above 48 rows; on a CPU with AMX,
+    bfloat16 from 64 rows): the logprobs are the same bits."""
     llm = llm_quantized
     cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=256, num_blocks=64, max_model_len=256)
     engine = LLMEngine(llm.model, llm.tokenizer, cfg)  # the whole prompt in one step
     words = " ".join(f"w{i}" for i in range(200))
-    prompt = llm.tokenizer.encode(words, bos=True, eos=False)[:100]
+    prompt = llm.tokenizer.encode(words, bos=True, eos=False)[:length]
     sp = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=0)
     first = engine.generate([prompt], sp)[0]
     engine.block_manager.reset_prefix_cache()
     other = prompt[:64] + llm.tokenizer.encode(" something else", bos=False, eos=False)
     engine.generate([other], sp)  # leaves the first 64 tokens' blocks in the prefix cache
     queried, hits = engine.block_manager.queried_tokens, engine.block_manager.hit_tokens
+    steps = llm.model.native_steps
     again = engine.generate([prompt], sp)[0]
+    # the native decode stack ran for the 7 generated tokens fed back, never for a prompt row
+    assert llm.model.native_steps - steps == 7
     assert engine.block_manager.hit_tokens - hits == 64
-    assert engine.block_manager.queried_tokens - queried == 100
-    # bit for bit: the logprobs, not only the (robust) argmax
+    assert engine.block_manager.queried_tokens - queried == length
     assert again.tokens == first.tokens
-    # int8 rows are bit-identical; int4 rows past 48 take a dequantized float product (1e-4
-    # here). The bfloat16 path the serving step must not take moves them 2e-3 to 4e-3.
-    diff = max(abs(a - b) for a, b in zip(again.logprobs, first.logprobs))
-    assert diff < 5e-4
+    assert again.logprobs == first.logprobs  # bit for bit, not only the (robust) argmax
