@@ -47,15 +47,15 @@ class ModelRunner:
         held someone's prompt (the stack and the modules agree only to ~1e-4), so a greedy answer
         never depends on what it was batched with."""
         entries = list(out.scheduled)
-        decodes = [s for s in entries if _is_decode(s)]
-        if not decodes or len(decodes) == len(entries) or not self._native_decodes():
+        decodes, prompts = [], []
+        for s in entries:
+            (decodes if _is_decode(s) else prompts).append(s)
+        if not decodes or not prompts or not self._native_decodes():
             return self._forward(entries)
-        prompts = [s for s in entries if not _is_decode(s)]
         (dl, dp), (pl, pp) = self._forward(decodes), self._forward(prompts)
-        # back to schedule order: the sampled rows of each pass, in that pass's order
-        where = {id(s): i for i, s in enumerate(decodes) if s.sample}
-        where |= {id(s): len(dl) + i for i, s in enumerate(x for x in prompts if x.sample)}
-        order = [where[id(s)] for s in entries if s.sample]
+        # the passes' sampled rows (decodes', then prompts'), back in schedule order
+        row = {id(s): i for i, s in enumerate(s for s in decodes + prompts if s.sample)}
+        order = [row[id(s)] for s in entries if s.sample]
         logits = torch.cat([dl, pl])[torch.tensor(order, dtype=torch.long, device=dl.device)]
         return logits, dp | pp
 

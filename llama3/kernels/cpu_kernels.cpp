@@ -177,19 +177,18 @@ struct Int16Rows {
 
 // Runs dot(R, C, m, n, out) for every block of R <= kRowBlock activation rows m.. and C weight
 // rows n.. of the span (C = kColBlock for a single row where the kernel supports it, else 1;
-// out[r * C + c]), tasks over blocks of kOutBlock weight rows, and stores out * step[m + r] *
-// row_scale(n + c) into y (row stride N).
+// out[r * C + c]), tasks over blocks of kOutBlock weight rows, and stores out * step(m + r) *
+// row_scale(n + c) into y (row stride N): the activation rows' and weight rows' scales.
 // A single activation row takes weight rows four at a time: a decoded token is one row, and per
 // weight row its loop is only K / 32 steps, so the per-row reduction and stores would dominate.
-template <int MaxC, typename Dot, typename RowScale>
-void tiled(int64_t M, int64_t N, const Int16Rows& xq, float* y, Dot dot, RowScale row_scale,
-           Span span) {
+template <int MaxC, typename Step, typename Dot, typename RowScale>
+void tiled(int64_t M, int64_t N, Step step, float* y, Dot dot, RowScale row_scale, Span span) {
   auto rows = [&](int64_t lo, int64_t hi) {
     float out[kRowBlock * kColBlock];
     auto store = [&](int64_t m, int64_t r, int64_t n, int64_t c) {
       for (int64_t i = 0; i < r; ++i)
         for (int64_t j = 0; j < c; ++j)
-          y[(m + i) * N + n + j] = out[i * c + j] * xq.step[m + i] * row_scale(n + j);
+          y[(m + i) * N + n + j] = out[i * c + j] * step(m + i) * row_scale(n + j);
     };
     for (int64_t n0 = lo; n0 < hi; n0 += kOutBlock) {
       const int64_t n1 = std::min(hi, n0 + kOutBlock);
@@ -328,7 +327,7 @@ void int8_rows(const Int16Rows& xq, const int8_t* codes, const float* scale, int
   const int64_t M = xq.step.size(), K = xq.K;
   if (M == 0 || span.lo >= span.hi) return;
   tiled<kColBlock>(
-      M, N, xq, y,
+      M, N, [&](int64_t m) { return xq.step[m]; }, y,
       [&](auto R, auto C, int64_t m, int64_t n, float* out) {
         int8_dot<decltype(R)::value, decltype(C)::value>(xq.q.data() + m * K, K, codes + n * K,
                                                          out);
@@ -626,46 +625,18 @@ inline void int4_dot32_q8(const Int8Blocks& xb, int64_t m, const uint8_t* w, con
     }
 }
 
-// The span's columns of y (M, N) = xb times the int4 weights' transpose (group 32), in blocks
-// of kOutBlock weight rows; a single activation row takes weight rows kColBlock at a time.
+// The span's columns of y (M, N) = xb times the int4 weights' transpose (group 32), tiled as
+// the int16-grid kernels are; the blocks' steps are inside the dot, so nothing scales the store.
 void int4_rows_q8(const Int8Blocks& xb, const uint8_t* wp, const float* sp, const float* zp,
                   int64_t N, float* y, Span span) {
-  const int64_t M = xb.M, K = xb.K, groups = xb.groups;
-  if (M == 0 || span.lo >= span.hi) return;
-  auto rows = [&](int64_t lo, int64_t hi) {
-    float out[kRowBlock * kColBlock];
-    auto run = [&](auto R, auto C, int64_t m, int64_t n) {
-      constexpr int r = decltype(R)::value, c = decltype(C)::value;
-      int4_dot32_q8<r, c>(xb, m, wp + n * (K / 2), sp + n * groups, zp + n * groups, out);
-      for (int i = 0; i < r; ++i)
-        for (int j = 0; j < c; ++j) y[(m + i) * N + n + j] = out[i * c + j];
-    };
-    using one = std::integral_constant<int, 1>;
-    for (int64_t n0 = lo; n0 < hi; n0 += kOutBlock) {
-      const int64_t n1 = std::min(hi, n0 + kOutBlock);
-      for (int64_t m = 0; m < M; m += kRowBlock) {
-        const int64_t r = std::min(kRowBlock, M - m);
-        int64_t n = n0;
-        if (r == 1)
-          for (; n + kColBlock <= n1; n += kColBlock)
-            run(one{}, std::integral_constant<int, kColBlock>{}, m, n);
-        else if (r == kRowBlock)
-          for (; n + 2 <= n1; n += 2)
-            run(std::integral_constant<int, kRowBlock>{}, std::integral_constant<int, 2>{}, m, n);
-        for (; n < n1; ++n) switch (r) {
-            case 4: run(std::integral_constant<int, 4>{}, one{}, m, n); break;
-            case 3: run(std::integral_constant<int, 3>{}, one{}, m, n); break;
-            case 2: run(std::integral_constant<int, 2>{}, one{}, m, n); break;
-            default: run(one{}, one{}, m, n); break;
-          }
-      }
-    }
+  const int64_t K = xb.K, groups = xb.groups;
+  if (xb.M == 0 || span.lo >= span.hi) return;
+  auto dot = [&](auto R, auto C, int64_t m, int64_t n, float* out) {
+    int4_dot32_q8<decltype(R)::value, decltype(C)::value>(xb, m, wp + n * (K / 2),
+                                                           sp + n * groups, zp + n * groups, out);
   };
-  if (span.team) return rows(span.lo, span.hi);
-  const int64_t blocks = (span.hi - span.lo + kOutBlock - 1) / kOutBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    rows(span.lo + b0 * kOutBlock, std::min(span.hi, span.lo + b1 * kOutBlock));
-  });
+  auto unit = [](int64_t) { return 1.f; };
+  tiled<kColBlock>(xb.M, N, unit, y, dot, unit, span);
 }
 
 // int4 activations' layout: the wide AVX-512 kernel's for group 32 where it is built
@@ -708,11 +679,12 @@ void int4_rows(const Int16Rows& xq, const float* xsum, const uint8_t* wp, const 
         int4_dot<r>(xr, xs, K, w, sp + n * groups, zp + n * groups, group, out);
     }
   };
+  auto step = [&](int64_t m) { return xq.step[m]; };
   auto unit = [](int64_t) { return 1.f; };
   if (wide)
-    tiled<kColBlock>(M, N, xq, y, dot, unit, span);
+    tiled<kColBlock>(M, N, step, y, dot, unit, span);
   else
-    tiled<1>(M, N, xq, y, dot, unit, span);
+    tiled<1>(M, N, step, y, dot, unit, span);
 }
 
 void int4_product(const float* x, int64_t M, int64_t K, const uint8_t* wp, const float* sp,

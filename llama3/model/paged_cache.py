@@ -52,14 +52,14 @@ class Segment:
     q_start: int
     q_len: int
     key_slots: torch.Tensor
-    #: a generated token fed back (one query); None: any one-query segment counts as one. A
+    #: a generated token fed back (one query); not given: any one-query segment counts as one. A
     #: prompt's last token left alone by a prefix-cache hit or a chunk boundary is not one: it
     #: attends and multiplies as the rest of its prompt did, so its answer is the lone one.
     decode: bool | None = None
 
-    @property
-    def is_decode(self) -> bool:
-        return self.q_len == 1 if self.decode is None else self.decode
+    def __post_init__(self) -> None:
+        if self.decode is None:
+            self.decode = self.q_len == 1
 
 
 class PagedBatch:
@@ -71,8 +71,8 @@ class PagedBatch:
         self.pool, self.slot_mapping, self.segments = pool, slot_mapping, segments
         # Decode segments (one query each) attend together in one padded call per layer; the
         # gather index and mask are built once per step and shared by every layer.
-        self.decodes = [s for s in segments if s.is_decode]
-        self.prefills = [s for s in segments if not s.is_decode]
+        self.decodes = [s for s in segments if s.decode]
+        self.prefills = [s for s in segments if not s.decode]
         self._decode_plan: tuple[torch.Tensor, ...] | None = None
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -31,14 +31,14 @@ def assert_product_matches(lin: Int4Linear, w: torch.Tensor, x: torch.Tensor) ->
     assert y.shape == ref.shape and y.dtype == torch.float32
     x2, y2, ref2 = (t.reshape(-1, t.shape[-1]) for t in (x, y, ref))
     if lin._native:
-        half_step = x2.abs().amax(dim=-1, keepdim=True) / 32767 / 2
+        rounding = x2.abs() @ w.abs().t()
         if lin.group == 32 and kernels.int4_q8():
             blocks = x2.reshape(x2.shape[0], -1, 32).abs().amax(dim=-1, keepdim=True)
             half_step = (blocks / 127 / 2).expand(-1, -1, 32).reshape(x2.shape)
-            bound = half_step @ w.abs().t() + 1e-5 * (x2.abs() @ w.abs().t())
-            assert ((y2 - ref2).abs() <= bound).all()
-            return
-        bound = half_step * w.abs().sum(dim=1) + 1e-6 * (x2.abs() @ w.abs().t())
+            bound = half_step @ w.abs().t() + 1e-5 * rounding
+        else:
+            half_step = x2.abs().amax(dim=-1, keepdim=True) / 32767 / 2
+            bound = half_step * w.abs().sum(dim=1) + 1e-6 * rounding
         assert ((y2 - ref2).abs() <= bound).all()
     else:
         torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
