@@ -177,9 +177,9 @@ def prepare() -> threading.Thread | None:
 def int4_q8() -> bool:
     """Whether group-32 int4 products (GGUF Q4_0/Q4_1/Q4_K) quantize activations to int8 per
     32-element block (llama.cpp's Q8_1; error half a step of each block's int8 grid): the build
-    without AVX-512 VNNI does by default, `LLAMA3_INT4_Q8=0` keeps every row's int16 grid.
+    without AVX-512 VNNI does with `LLAMA3_INT4_Q8=1`; by default every row keeps its int16 grid.
     Mirrors the kernel's own choice, which it reads once per process."""
-    return "VNNI" not in isa() and os.environ.get("LLAMA3_INT4_Q8", "1") != "0"
+    return "VNNI" not in isa() and os.environ.get("LLAMA3_INT4_Q8") == "1"
 
 
 def isa() -> str:

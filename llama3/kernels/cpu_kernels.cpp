@@ -516,13 +516,14 @@ inline void int4_dot32_wide(const int16_t*, const float*, int64_t, const uint8_t
 // int16 grid (2^-16 of its largest).
 constexpr bool kQ8Int4 = !kWideInt4;
 
-// Whether this build's group-32 int4 products take the int8-block kernel: in the AVX2 build by
-// default (llama.cpp's own Q4_1 x Q8_1 trade: KL vs float measured in BENCHMARKS.md), unless
-// LLAMA3_INT4_Q8=0 keeps the int16 grid. Read once per process, so a decode step never mixes them.
+// Whether this build's group-32 int4 products take the int8-block kernel: in the AVX2 build with
+// LLAMA3_INT4_Q8=1 (llama.cpp's own Q4_1 x Q8_1 trade: KL vs float measured in BENCHMARKS.md).
+// Opt-in: its coarse grid turns the last-bit differences of prompt attention between chunkings
+// into different tokens. Read once per process, so a decode step never mixes the two.
 inline bool q8_int4() {
   static const bool on = [] {
     const char* v = std::getenv("LLAMA3_INT4_Q8");
-    return kQ8Int4 && !(v && std::strcmp(v, "0") == 0);
+    return kQ8Int4 && v && std::strcmp(v, "1") == 0;
   }();
   return on;
 }

@@ -6,7 +6,7 @@ float32 scales and zeros: 6 bits a weight at group 32. GGUF's Q4_0, Q4_1 and Q4_
 at group 32 (`Int4Linear.from_gguf` keeps their bits; no requantization).
 
 Products run in the native kernel (llama3.kernels: the nibbles times int16 activations; in the
-AVX2 build at group 32, times int8 activations per 32-block, `kernels.int4_q8`) whatever their
+AVX2 build at group 32 with LLAMA3_INT4_Q8=1, int8 per 32-block: `kernels.int4_q8`) whatever their
 row count: ~10x the path below for one row, 1.3-2.5x at 48-512 rows (2 cores, AVX-512 VNNI and
 AVX2 alike), and each row's result is computed alone, so a request's
 tokens never depend on how many other rows its batch holds (a serving step's row count is an

@@ -26,7 +26,7 @@ from llama3.quant.int4 import GROUPS, Int4Linear
 def assert_product_matches(lin: Int4Linear, w: torch.Tensor, x: torch.Tensor) -> None:
     """lin(x) equals F.linear(x, w): to float rounding on the slab path; in the kernel (any row
     count) within half a step of each activation row's int16 grid times |w|, or, in the AVX2
-    build's group-32 kernel, of each 32-block's int8 grid."""
+    build's group-32 kernel with LLAMA3_INT4_Q8=1, of each 32-block's int8 grid."""
     y, ref = lin(x), F.linear(x, w)
     assert y.shape == ref.shape and y.dtype == torch.float32
     x2, y2, ref2 = (t.reshape(-1, t.shape[-1]) for t in (x, y, ref))

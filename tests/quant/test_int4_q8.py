@@ -1,11 +1,12 @@
 """The AVX2 build's group-32 int4 product (activations on an int8 grid per 32-element block, as
 llama.cpp's Q4_1 x Q8_1 dot product): its error is bounded by that grid, it really runs where
-`kernels.int4_q8()` says so, `LLAMA3_INT4_Q8=0` brings back each row's int16 grid, and a tiny
-int4 model's greedy tokens agree with the int16 path wherever that path is not near a tie (the
-real SmolLM2 Q4_1's KL divergence to its float model is measured in BENCHMARKS.md). On CPUs with
-AVX-512 VNNI the kernel runs in test_kernels.py's AVX2 rerun of this file.
+`kernels.int4_q8()` says so (`LLAMA3_INT4_Q8=1`, opt-in; by default every row keeps its int16
+grid), and a tiny int4 model's greedy tokens agree with the int16 path wherever that path is not
+near a tie (the real SmolLM2 Q4_1's KL divergence to its float model is measured in
+BENCHMARKS.md). On CPUs with AVX-512 VNNI, where the switch does nothing, the kernel runs in
+test_kernels.py's AVX2 rerun of this file.
 
-The kernel reads the switch once per process: the opt-out runs in a subprocess (this file as a
+The kernel reads the switch once per process: the opt-in runs in a subprocess (this file as a
 script)."""
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def decode_logprobs(path: str) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def opt_out(tiny, tmp_path_factory) -> tuple[dict, torch.Tensor]:
-    """This file as a script with `LLAMA3_INT4_Q8=0`: its products' errors and decode log-probs."""
+def opt_in(tiny, tmp_path_factory) -> tuple[dict, torch.Tensor]:
+    """This file as a script with `LLAMA3_INT4_Q8=1`: its products' errors and decode log-probs."""
     assert kernels.available(), kernels.unavailable_reason()
-    path, out = tiny.path("3.1", "gguf"), tmp_path_factory.mktemp("opt_out") / "logp.pt"
-    env = {**os.environ, "LLAMA3_INT4_Q8": "0"}
+    path, out = tiny.path("3.1", "gguf"), tmp_path_factory.mktemp("opt_in") / "logp.pt"
+    env = {**os.environ, "LLAMA3_INT4_Q8": "1"}
     done = subprocess.run(
         [sys.executable, __file__, str(path), str(out)],
         env=env,
@@ -93,20 +94,26 @@ def test_products_stay_on_the_grid_the_build_uses():
         assert worst["int16_row"] <= 1
 
 
-def test_opt_out_keeps_every_rows_int16_grid(opt_out):
-    assert opt_out[0]["int16_row"] <= 1
+def test_the_opt_in_takes_the_int8_grid_where_the_build_has_it(opt_in):
+    worst, q8 = opt_in[0], opt_in[0]["q8"]
+    assert q8 == ("VNNI" not in kernels.isa())
+    assert worst["int8_blocks"] <= 1
+    if q8:  # the int8 grid really runs: its error is far past the int16 grid's
+        assert worst["int16_row"] > 10
+    else:
+        assert worst["int16_row"] <= 1
 
 
-def test_greedy_tokens_agree_with_the_int16_path_away_from_ties(tiny, opt_out):
-    ours, ref = decode_logprobs(str(tiny.path("3.1", "gguf"))), opt_out[1]
+def test_greedy_tokens_agree_with_the_int16_path_away_from_ties(tiny, opt_in):
+    ref, q8 = decode_logprobs(str(tiny.path("3.1", "gguf"))), opt_in[1]
     top2 = ref.topk(2, -1).values
     clear = top2[:, 0] - top2[:, 1] > MARGIN
     assert clear.sum() >= len(ref) // 4  # a random-weight model: many near-ties
-    assert torch.equal(ours.argmax(-1)[clear], ref.argmax(-1)[clear])
-    if not kernels.int4_q8():
-        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-3)
+    assert torch.equal(q8.argmax(-1)[clear], ref.argmax(-1)[clear])
+    if not opt_in[0]["q8"]:
+        torch.testing.assert_close(q8, ref, rtol=0, atol=1e-3)
 
 
-if __name__ == "__main__":  # the opt-out's subprocess
+if __name__ == "__main__":  # the opt-in's subprocess
     torch.save(decode_logprobs(sys.argv[1]), sys.argv[2])
-    print(json.dumps(product_errors()))
+    print(json.dumps(product_errors() | {"q8": kernels.int4_q8()}))
